@@ -1,0 +1,182 @@
+"""The ``tandem`` command line: thin typer commands over the library."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from tandem.settings import KvType, Settings, load_settings
+
+app = typer.Typer(help="Tandem: an on-device LLM gateway with a cloud tier.", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks (JSON results, baseline measured in the same run).")
+app.add_typer(bench_app, name="bench")
+console = Console()
+
+CloudUrl = Annotated[
+    str | None, typer.Option(help="OpenAI-compatible cloud base URL (default: stand-in cloud)")
+]
+Model = Annotated[str | None, typer.Option("--model", help="Bundled model name or GGUF path")]
+
+
+@contextlib.contextmanager
+def _cloud_tier(settings: Settings) -> Iterator[Settings]:
+    """Settings with a cloud URL: the configured one, or a stand-in cloud started here."""
+    if settings.cloud_url or not settings.standin:
+        yield settings
+        return
+    from tandem.cloud.standin import StandinCloud
+
+    console.print(f"[dim]Starting the stand-in cloud ({settings.standin_model})…[/dim]")
+    with StandinCloud.from_settings(settings) as standin:
+        yield settings.model_copy(update={"cloud_url": standin.base_url})
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address")] = None,
+    port: Annotated[int | None, typer.Option(help="Port")] = None,
+    cloud_url: CloudUrl = None,
+    model: Model = None,
+    n_ctx: Annotated[int | None, typer.Option(help="Local context window")] = None,
+    standin: Annotated[
+        bool | None, typer.Option("--standin/--no-standin", help="Start the stand-in cloud")
+    ] = None,
+) -> None:
+    """Run the OpenAI-compatible gateway."""
+    import uvicorn
+
+    from tandem.server import create_app
+
+    base = load_settings(
+        host=host, port=port, cloud_url=cloud_url, local_model=model, n_ctx=n_ctx,
+        standin=standin,
+    )
+    with _cloud_tier(base) as settings:
+        _print_banner(settings)
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+
+
+def _print_banner(s: Settings) -> None:
+    url = f"http://{s.host}:{s.port}/v1"
+    cloud = s.cloud_url or "none (local only)"
+    console.print(f"[bold]Tandem gateway[/bold] on {url}  local: {s.local_model}  cloud: {cloud}")
+    console.print(
+        "Talk to it with any OpenAI client, e.g.\n"
+        f"  curl {url}/chat/completions -H 'Content-Type: application/json' \\\n"
+        "    -d '{\"messages\": [{\"role\": \"user\", \"content\": \"Hello!\"}]}'\n"
+        f"  python -c \"from openai import OpenAI; c = OpenAI(base_url='{url}', api_key='x'); "
+        "print(c.chat.completions.create(model='auto', messages=[{'role': 'user', "
+        "'content': 'Hi'}]).choices[0].message.content)\"\n"
+        "Force a tier with the body field {\"tandem\": {\"route\": \"local\"|\"cloud\"}}; "
+        "every answer says where it came from (X-Tandem-Route / X-Tandem-Reason). "
+        f"Health: {url[:-3]}/healthz  Metrics: {url[:-3]}/metrics"
+    )
+
+
+@app.command()
+def chat(
+    route: Annotated[str, typer.Option(help="auto, local or cloud")] = "auto",
+    cloud_url: CloudUrl = None,
+    model: Model = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Tokens per answer")] = None,
+) -> None:
+    """Chat in the terminal through the gateway; each turn shows its route and reason."""
+    from tandem.chat_repl import run_repl
+
+    base = load_settings(cloud_url=cloud_url, local_model=model, default_max_tokens=max_tokens)
+    with _cloud_tier(base) as settings:
+        asyncio.run(run_repl(settings, route, console))
+
+
+@app.command("standin-cloud")
+def standin_cloud(
+    port: Annotated[int | None, typer.Option(help="Port on 127.0.0.1")] = None,
+) -> None:
+    """Run the stand-in cloud (llama_cpp.server with the bundled Gemma model) until Ctrl-C."""
+    from tandem.cloud.standin import StandinCloud
+
+    settings = load_settings(standin_port=port)
+    standin = StandinCloud.from_settings(settings)
+    console.print(f"Stand-in cloud starting on 127.0.0.1:{settings.standin_port} …")
+    standin.run_forever()
+
+
+@app.command()
+def models(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable")] = False) -> None:
+    """The bundled models: paths, sizes and memory plans at the configured context."""
+    from tandem.catalog import BUNDLED, bundled_path
+    from tandem.local.memory import plan_memory
+
+    settings = load_settings()
+    rows: list[dict[str, Any]] = []
+    for model in BUNDLED.values():
+        path = bundled_path(model.name)
+        plan = plan_memory(path, settings.n_ctx, settings.kv_type, settings.n_batch)
+        rows.append(
+            {"name": model.name, "role": model.role, "description": model.description,
+             "path": str(path), "size_bytes": path.stat().st_size, "plan": plan.to_dict()}
+        )
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        mib = row["plan"]["total_bytes"] / 2**20
+        console.print(
+            f"[bold]{row['name']}[/bold] ({row['role']}): {row['description']}\n"
+            f"  {row['path']}\n  {row['size_bytes'] / 2**20:.1f} MiB on disk; "
+            f"{mib:.1f} MiB planned at n_ctx={settings.n_ctx} ({settings.kv_type} KV)"
+        )
+
+
+@app.command()
+def plan(
+    model: Annotated[str, typer.Argument(help="Bundled model name or GGUF path")],
+    ram: Annotated[str | None, typer.Option(help="RAM budget, e.g. 512MiB")] = None,
+    n_ctx: Annotated[int | None, typer.Option(help="Context window")] = None,
+    kv_type: Annotated[KvType | None, typer.Option(help="KV cache type")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable")] = False,
+) -> None:
+    """Memory plan of a model from its GGUF metadata, and the largest context that fits."""
+    from tandem.catalog import resolve_model
+    from tandem.local.memory import largest_context, parse_size, plan_memory
+
+    settings = load_settings(n_ctx=n_ctx, kv_type=kv_type)
+    path, _ = resolve_model(model)
+    result = plan_memory(path, settings.n_ctx, settings.kv_type, settings.n_batch).to_dict()
+    if ram is not None:
+        try:
+            budget = parse_size(ram)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--ram") from exc
+        result["budget_bytes"] = budget
+        result["fits"] = result["total_bytes"] <= budget
+        result["largest_n_ctx"] = largest_context(path, budget, settings.kv_type, settings.n_batch)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2, default=str))
+        return
+    for key, value in result.items():
+        shown = f"{value / 2**20:.1f} MiB" if key.endswith("_bytes") else value
+        console.print(f"{key:>16}: {shown}")
+
+
+@bench_app.command("runtime")
+def bench_runtime(
+    quick: Annotated[bool, typer.Option(help="Fewer tokens and repeats")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON result")] = False,
+    out: Annotated[Path, typer.Option(help="Where to write the JSON")] = Path(
+        "bench/results/runtime.json"
+    ),
+) -> None:
+    """Bare llama-cpp-python vs LocalEngine vs the HTTP gateway, in one run."""
+    from bench.runtime import run_runtime_bench
+
+    result = run_runtime_bench(load_settings(), quick=quick, out=out, console=console)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))

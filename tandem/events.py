@@ -1,0 +1,48 @@
+"""Typed events shared by the tiers: what a generation streams and how it ends."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Sampling parameters of one request, already validated at the edge."""
+
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    top_logprobs: int = 0  # alternatives reported per token (0: only the chosen token's)
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """One generated piece of text.
+
+    ``logprob`` is the log-probability of the chosen token under the model's distribution at
+    that step (temperature 1, before sampling filters), or None when the tier does not say.
+    """
+
+    text: str
+    logprob: float | None = None
+    token: str | None = None  # the token's own text (may differ from ``text`` mid-UTF-8)
+    top_logprobs: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True)
+class Finish:
+    """The end of a generation, with token accounting."""
+
+    reason: FinishReason
+    prompt_tokens: int | None
+    completion_tokens: int
+    prefill_tokens: int | None = None  # prompt tokens actually evaluated (not reused from KV)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+StreamEvent = TokenEvent | Finish

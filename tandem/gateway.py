@@ -1,0 +1,259 @@
+"""One chat turn, end to end: decide the tier, stream from it, fall back when it fails.
+
+The gateway speaks in typed events. It yields a ``RouteInfo`` before the first token and again
+whenever the answering tier changes (a failed cloud call continues locally), then
+``TokenEvent``s and one ``Finish``. Non-streaming callers collect the same stream.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Protocol
+
+from tandem.errors import (
+    CloudError,
+    ContextLengthError,
+    ModelLoadError,
+    OverloadedError,
+    TierUnavailableError,
+)
+from tandem.events import Finish, GenerationParams, StreamEvent, TokenEvent
+from tandem.local.chat import Message
+from tandem.metrics import GatewayMetrics
+
+# Characters per token used to estimate a prompt's size when no tokenizer is at hand.
+CHARS_PER_TOKEN = 3.0
+
+
+class Tier(StrEnum):
+    LOCAL = "local"
+    CLOUD = "cloud"
+
+
+class RoutePreference(StrEnum):
+    AUTO = "auto"
+    LOCAL = "local"
+    CLOUD = "cloud"
+
+
+@dataclass(frozen=True)
+class RouteInfo:
+    """Where a turn is (now) being answered, and why, as a short machine-readable reason."""
+
+    tier: Tier
+    reason: str
+    model: str
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One validated chat request as the gateway sees it."""
+
+    messages: Sequence[Message]
+    params: GenerationParams
+    route: RoutePreference = RoutePreference.AUTO
+    fallback: bool = True  # may another tier answer when the chosen one fails?
+
+
+GatewayEvent = RouteInfo | StreamEvent
+
+
+class LocalTier(Protocol):
+    model_name: str
+
+    @property
+    def n_ctx(self) -> int: ...
+
+    @property
+    def queue_depth(self) -> int: ...
+
+    @property
+    def state(self) -> Any: ...
+
+    def count_tokens(self, messages: Sequence[Message]) -> int | None: ...
+
+    def stream(
+        self, messages: Sequence[Message], params: GenerationParams, assistant_prefix: str = ""
+    ) -> AsyncIterator[StreamEvent]: ...
+
+    def health(self) -> dict[str, Any]: ...
+
+
+class CloudTier(Protocol):
+    model: str
+
+    @property
+    def available(self) -> bool: ...
+
+    def stream_chat(self, body: dict[str, Any]) -> AsyncIterator[Any]: ...
+
+    def health(self) -> dict[str, Any]: ...
+
+
+class Gateway:
+    """Routes each turn to the local engine or the cloud and streams the answer."""
+
+    def __init__(
+        self,
+        local: LocalTier,
+        cloud: CloudTier | None,
+        metrics: GatewayMetrics,
+        cloud_n_ctx: int,
+    ):
+        self.local = local
+        self.cloud = cloud
+        self.metrics = metrics
+        self._cloud_n_ctx = cloud_n_ctx
+
+    # -- decision --------------------------------------------------------------------------
+
+    def decide(self, turn: Turn) -> RouteInfo:
+        """The tier for this turn, before anything is generated."""
+        prompt_tokens = self._prompt_tokens(turn.messages)
+        fits_local = prompt_tokens < self.local.n_ctx
+        fits_cloud = prompt_tokens < self._cloud_n_ctx
+        cloud_up = self.cloud is not None and self.cloud.available
+        if not fits_local and not (fits_cloud and self.cloud is not None):
+            raise ContextLengthError(
+                f"The prompt is about {prompt_tokens} tokens; the local context window is "
+                f"{self.local.n_ctx} and the cloud's is {self._cloud_n_ctx}. Shorten the "
+                "conversation (or raise TANDEM_N_CTX / TANDEM_CLOUD_N_CTX).",
+                param="messages",
+            )
+        if turn.route == RoutePreference.LOCAL:
+            return self._local("requested_local")
+        if turn.route == RoutePreference.CLOUD:
+            if self.cloud is None:
+                return self._fallback_local(turn, "cloud_not_configured")
+            return self._cloud("requested_cloud")
+        if not fits_local:
+            return self._cloud("exceeds_local_context")
+        if self.local.state != "ready" and cloud_up:
+            return self._cloud(f"local_{self.local.state}")
+        return self._local("default_local")
+
+    def _prompt_tokens(self, messages: Sequence[Message]) -> int:
+        counted = self.local.count_tokens(messages)
+        if counted is not None:
+            return counted
+        return int(sum(len(m["content"]) for m in messages) / CHARS_PER_TOKEN)
+
+    def _local(self, reason: str) -> RouteInfo:
+        return RouteInfo(Tier.LOCAL, reason, self.local.model_name)
+
+    def _cloud(self, reason: str) -> RouteInfo:
+        assert self.cloud is not None
+        return RouteInfo(Tier.CLOUD, reason, self.cloud.model)
+
+    def _fallback_local(self, turn: Turn, reason: str) -> RouteInfo:
+        if not turn.fallback:
+            raise TierUnavailableError(
+                f"The cloud tier cannot answer ({reason}) and fallback is off; set "
+                "tandem.fallback to true or configure TANDEM_CLOUD_URL.",
+                code=reason,
+            )
+        return self._local(reason)
+
+    # -- streaming -------------------------------------------------------------------------
+
+    async def stream(self, turn: Turn) -> AsyncIterator[GatewayEvent]:
+        """Answer one turn as events; falls back between tiers as the turn allows."""
+        route = self.decide(turn)
+        started = time.perf_counter()
+        text: list[str] = []
+        waiting_first = True
+        async for event in self._answer(turn, route, text):
+            if isinstance(event, RouteInfo):
+                route = event
+            elif isinstance(event, Finish):
+                self.metrics.observe_turn(route.tier, route.reason, event, started)
+            elif waiting_first and event.text:
+                waiting_first = False
+                self.metrics.observe_first_token(route.tier, started)
+            yield event
+
+    async def _answer(
+        self, turn: Turn, route: RouteInfo, text: list[str]
+    ) -> AsyncIterator[GatewayEvent]:
+        yield route
+        if route.tier == Tier.LOCAL:
+            async for event in self._local_or_escalate(turn, text):
+                yield event
+            return
+        try:
+            async for event in self._stream_cloud(turn, text):
+                yield event
+        except CloudError as exc:
+            reason = "cloud_failed" if not text else "cloud_failed_midstream"
+            info = self._fallback_local(turn, reason)
+            self.metrics.count_fallback(reason, str(exc.code))
+            yield info
+            async for event in self._stream_local(turn, text):
+                yield event
+
+    async def _local_or_escalate(self, turn: Turn, text: list[str]) -> AsyncIterator[GatewayEvent]:
+        """Local first; a busy or broken local engine hands an ``auto`` turn to the cloud."""
+        try:
+            async for event in self._stream_local(turn, text):
+                yield event
+        except (OverloadedError, ModelLoadError) as exc:
+            may_escalate = turn.route == RoutePreference.AUTO and turn.fallback
+            if text or not may_escalate or self.cloud is None or not self.cloud.available:
+                raise
+            reason = "local_overloaded" if isinstance(exc, OverloadedError) else "local_failed"
+            yield self._cloud(reason)
+            async for event in self._stream_cloud(turn, text):
+                yield event
+
+    async def _stream_local(self, turn: Turn, text: list[str]) -> AsyncIterator[StreamEvent]:
+        prefix = "".join(text)
+        async for event in self.local.stream(turn.messages, turn.params, prefix):
+            if isinstance(event, TokenEvent) and event.text:
+                text.append(event.text)
+            yield event
+
+    async def _stream_cloud(self, turn: Turn, text: list[str]) -> AsyncIterator[StreamEvent]:
+        assert self.cloud is not None
+        pieces = 0
+        prompt_tokens: int | None = None
+        completion_tokens: int | None = None
+        finish = "stop"
+        async for chunk in self.cloud.stream_chat(cloud_body(turn)):
+            if chunk.text:
+                pieces += 1
+                text.append(chunk.text)
+                yield TokenEvent(text=chunk.text)
+            prompt_tokens = chunk.prompt_tokens or prompt_tokens
+            completion_tokens = chunk.completion_tokens or completion_tokens
+            finish = chunk.finish_reason or finish
+        yield Finish(
+            reason="length" if finish == "length" else "stop",
+            prompt_tokens=prompt_tokens,
+            # Without usage from the server, count streamed pieces (one token each, typically).
+            completion_tokens=completion_tokens if completion_tokens is not None else pieces,
+        )
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "local": self.local.health(),
+            "cloud": None if self.cloud is None else self.cloud.health(),
+        }
+
+
+def cloud_body(turn: Turn) -> dict[str, Any]:
+    """The OpenAI request the cloud tier receives for a turn."""
+    p = turn.params
+    body: dict[str, Any] = {
+        "messages": [dict(m) for m in turn.messages],
+        "max_tokens": p.max_tokens,
+        "temperature": p.temperature,
+        "top_p": p.top_p,
+    }
+    if p.stop:
+        body["stop"] = list(p.stop)
+    if p.seed is not None:
+        body["seed"] = p.seed
+    return body

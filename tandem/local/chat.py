@@ -1,0 +1,66 @@
+"""Rendering chat messages into a model's prompt text.
+
+The GGUF's own chat template (``tokenizer.chat_template``) is used when it has one; a base model
+without a template needs a named llama-cpp-python chat format (e.g. ``gemma``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tandem.errors import ModelLoadError
+
+Message = dict[str, str]
+
+
+@dataclass(frozen=True)
+class RenderedPrompt:
+    text: str
+    add_bos: bool  # whether the tokenizer must add BOS (the template did not)
+    stops: tuple[str, ...]  # stop strings the chat format implies
+
+
+class PromptRenderer:
+    """Messages → prompt text for one model."""
+
+    def __init__(self, formatter: Callable[..., Any]):
+        self._formatter = formatter
+
+    @classmethod
+    def for_model(cls, llm: Any, chat_format: str | None) -> PromptRenderer:
+        """The renderer for a loaded ``llama_cpp.Llama``: its template, else ``chat_format``."""
+        from llama_cpp import llama_chat_format
+
+        template = llm.metadata.get("tokenizer.chat_template")
+        if chat_format is None and template:
+            return cls(_jinja_formatter(llm, template))
+        name = chat_format or ""
+        formatter = getattr(llama_chat_format, f"format_{name.replace('-', '_')}", None)
+        if formatter is None:
+            raise ModelLoadError(
+                "The model has no chat template and no usable chat format was configured; "
+                "set TANDEM_LOCAL_CHAT_FORMAT (e.g. 'gemma', 'chatml', 'llama-2')."
+            )
+        return cls(formatter)
+
+    def render(self, messages: Sequence[Message], assistant_prefix: str = "") -> RenderedPrompt:
+        """The prompt that asks for the next assistant turn, optionally already begun."""
+        result = self._formatter(messages=list(messages))
+        stop = result.stop
+        stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
+        return RenderedPrompt(result.prompt + assistant_prefix, not result.added_special, stops)
+
+
+def _jinja_formatter(llm: Any, template: str) -> Callable[..., Any]:
+    from llama_cpp import llama_chat_format
+
+    def token_text(token_id: int) -> str:
+        return "" if token_id == -1 else str(llm._model.token_get_text(token_id))
+
+    return llama_chat_format.Jinja2ChatFormatter(
+        template=template,
+        eos_token=token_text(llm.token_eos()),
+        bos_token=token_text(llm.token_bos()),
+    )

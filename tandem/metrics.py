@@ -1,0 +1,60 @@
+"""Prometheus metrics of one gateway, in a registry of its own (no module globals)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from tandem.events import Finish
+
+_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class GatewayMetrics:
+    """Requests by route and reason, latencies, tokens, fallbacks, errors and queue depth."""
+
+    def __init__(self, queue_depth: Callable[[], float] | None = None):
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "tandem_requests", "Completed chat turns", ["route", "reason"], registry=r
+        )
+        self.latency = Histogram(
+            "tandem_request_seconds", "Turn latency", ["route"], buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "tandem_time_to_first_token_seconds", "Time to first token", ["route"],
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.tokens = Counter("tandem_tokens", "Tokens", ["route", "kind"], registry=r)
+        self.fallbacks = Counter(
+            "tandem_fallbacks", "Turns moved to another tier", ["reason", "cause"], registry=r
+        )
+        self.errors = Counter("tandem_errors", "Failed requests", ["code"], registry=r)
+        self.queue_depth = Gauge(
+            "tandem_local_queue_depth", "Requests queued or running locally", registry=r
+        )
+        if queue_depth is not None:
+            self.queue_depth.set_function(queue_depth)
+
+    def observe_turn(self, route: str, reason: str, finish: Finish, started: float) -> None:
+        self.requests.labels(route, reason).inc()
+        self.latency.labels(route).observe(time.perf_counter() - started)
+        self.tokens.labels(route, "completion").inc(finish.completion_tokens)
+        if finish.prompt_tokens is not None:
+            self.tokens.labels(route, "prompt").inc(finish.prompt_tokens)
+
+    def observe_first_token(self, route: str, started: float) -> None:
+        self.ttft.labels(route).observe(time.perf_counter() - started)
+
+    def count_fallback(self, reason: str, cause: str) -> None:
+        self.fallbacks.labels(reason, cause).inc()
+
+    def count_error(self, code: str) -> None:
+        self.errors.labels(code).inc()
+
+    def render(self) -> bytes:
+        return bytes(generate_latest(self.registry))

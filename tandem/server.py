@@ -1,0 +1,205 @@
+"""The OpenAI-compatible HTTP server: FastAPI app factory, SSE streaming, one error mapping."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tandem.api import ChatCompletionRequest, ResponseBuilder
+from tandem.errors import (
+    InvalidRequestError,
+    OverloadedError,
+    PayloadTooLargeError,
+    TandemError,
+)
+from tandem.events import Finish, TokenEvent
+from tandem.gateway import Gateway, GatewayEvent, RouteInfo
+from tandem.settings import Settings
+
+log = logging.getLogger("tandem.server")
+
+
+def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
+    """The gateway app. Without ``gateway``, builds the engine and cloud client from settings."""
+    from tandem.assembly import build_gateway, gateway_lifespan
+
+    gw = gateway or build_gateway(settings)
+    app = FastAPI(title="Tandem", version="0.1.0", lifespan=gateway_lifespan(gw, settings))
+    app.state.gateway = gw
+    app.state.settings = settings
+    _add_error_handlers(app, gw)
+    _add_routes(app, gw, settings)
+    return app
+
+
+# -- routes -----------------------------------------------------------------------------------
+
+
+def _add_routes(app: FastAPI, gw: Gateway, settings: Settings) -> None:
+    schema = {"content": {"application/json": {"schema": ChatCompletionRequest.model_json_schema()}}}
+
+    @app.post("/v1/chat/completions", openapi_extra={"requestBody": schema})
+    async def chat_completions(request: Request) -> Response:
+        req = _parse(await _read_body(request, settings.max_body_bytes))
+        turn = req.to_turn(settings.default_max_tokens, settings.max_tokens_limit)
+        builder = ResponseBuilder(req.logprobs, bool(req.stream_options and req.stream_options.include_usage))
+        events = gw.stream(turn)
+        route, head = await _until_first_output(events)
+        headers = {"X-Tandem-Route": route.tier.value, "X-Tandem-Reason": route.reason}
+        if req.stream:
+            sse = _sse(builder, route, head, events, gw)
+            return StreamingResponse(sse, media_type="text/event-stream", headers=headers)
+        return JSONResponse(await _collect(builder, route, head, events), headers=headers)
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        data = [{"id": gw.local.model_name, "object": "model", "owned_by": "tandem-local"}]
+        if gw.cloud is not None:
+            data.append({"id": gw.cloud.model, "object": "model", "owned_by": "tandem-cloud"})
+        return {"object": "list", "data": data}
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", **gw.health()}
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(gw.metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    too_big = PayloadTooLargeError(
+        f"The request body is larger than {limit} bytes (TANDEM_MAX_BODY_BYTES)."
+    )
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_big
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise too_big
+    return bytes(body)
+
+
+def _parse(body: bytes) -> ChatCompletionRequest:
+    if not body.strip():
+        raise InvalidRequestError("The request body is empty; send a JSON chat completion request.")
+    try:
+        return ChatCompletionRequest.model_validate_json(body)
+    except ValidationError as exc:
+        raise _invalid(exc.errors()) from None
+
+
+def _invalid(errors: Any) -> InvalidRequestError:
+    first = errors[0]
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    param = ".".join(loc) or None
+    where = f" at '{param}'" if param else ""
+    return InvalidRequestError(f"Invalid request{where}: {first.get('msg')}", param=param)
+
+
+async def _until_first_output(
+    events: AsyncIterator[GatewayEvent],
+) -> tuple[RouteInfo, list[GatewayEvent]]:
+    """Pull events until text or the end, so headers name the tier that really answers."""
+    route: RouteInfo | None = None
+    head: list[GatewayEvent] = []
+    async for event in events:
+        head.append(event)
+        if isinstance(event, RouteInfo):
+            route = event
+        elif isinstance(event, Finish) or event.text:
+            break
+    assert route is not None, "the gateway yields a RouteInfo first"
+    return route, head
+
+
+async def _replay(
+    head: list[GatewayEvent], rest: AsyncIterator[GatewayEvent]
+) -> AsyncIterator[GatewayEvent]:
+    for event in head:
+        yield event
+    async for event in rest:
+        yield event
+
+
+async def _collect(
+    builder: ResponseBuilder, route: RouteInfo, head: list[GatewayEvent],
+    events: AsyncIterator[GatewayEvent],
+) -> dict[str, Any]:
+    tokens: list[TokenEvent] = []
+    async for event in _replay(head, events):
+        if isinstance(event, RouteInfo):
+            route = event
+        elif isinstance(event, TokenEvent):
+            tokens.append(event)
+        else:
+            return builder.completion(route, tokens, event)
+    raise TandemError("The answering tier ended without finishing the response.")
+
+
+async def _sse(
+    builder: ResponseBuilder, route: RouteInfo, head: list[GatewayEvent],
+    events: AsyncIterator[GatewayEvent], gw: Gateway,
+) -> AsyncIterator[str]:
+    yield _data(builder.chunk(route, {"role": "assistant", "content": ""}))
+    try:
+        async for event in _replay(head, events):
+            if isinstance(event, RouteInfo):
+                route = event
+            elif isinstance(event, TokenEvent):
+                if event.text or builder.want_logprobs:
+                    yield _data(builder.token_chunk(route, event))
+            else:
+                yield _data(builder.final_chunk(route, event))
+    except TandemError as exc:  # headers are gone: report in-band, as OpenAI does
+        gw.metrics.count_error(str(exc.code))
+        yield _data(exc.to_openai())
+    finally:
+        with contextlib.suppress(Exception):
+            await events.aclose()  # type: ignore[attr-defined]
+    yield "data: [DONE]\n\n"
+
+
+def _data(obj: dict[str, Any]) -> str:
+    return f"data: {json.dumps(obj, separators=(',', ':'))}\n\n"
+
+
+# -- errors -----------------------------------------------------------------------------------
+
+
+def _add_error_handlers(app: FastAPI, gw: Gateway) -> None:
+    @app.exception_handler(TandemError)
+    async def tandem_error(request: Request, exc: TandemError) -> JSONResponse:
+        gw.metrics.count_error(str(exc.code))
+        headers = None
+        if isinstance(exc, OverloadedError):
+            headers = {"Retry-After": str(max(1, round(exc.retry_after_s)))}
+        return JSONResponse(exc.to_openai(), status_code=exc.status_code, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return await tandem_error(request, _invalid(exc.errors()))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        err = TandemError(str(exc.detail), code=f"http_{exc.status_code}")
+        err.status_code = exc.status_code
+        err.error_type = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        return await tandem_error(request, err)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s", request.url.path)
+        return await tandem_error(request, TandemError("Internal error; see the server log."))
+

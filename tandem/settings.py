@@ -1,0 +1,88 @@
+"""Typed settings: the one source of defaults.
+
+Values come from (highest first) explicit overrides (CLI flags), ``TANDEM_*`` environment
+variables, a TOML file (``tandem.toml`` in the working directory or ``TANDEM_CONFIG``), then the
+defaults below. Library code receives a ``Settings`` object and never parses arguments itself.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+KvType = Literal["f16", "q8_0", "q4_0"]
+
+
+class Settings(BaseSettings):
+    """Everything the gateway, the engines and the CLI can be configured with."""
+
+    model_config = SettingsConfigDict(env_prefix="TANDEM_", extra="ignore")
+
+    # Server
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest accepted request body")
+
+    # Local tier
+    local_model: str = Field("smollm2", description="Bundled model name or a path to a GGUF file")
+    local_chat_format: str | None = Field(
+        None, description="llama-cpp-python chat format when the GGUF has no chat template"
+    )
+    n_ctx: int = Field(2048, ge=64)
+    n_threads: int | None = Field(None, description="CPU threads (default: all cores)")
+    n_batch: int = Field(512, ge=1)
+    kv_type: KvType = "f16"
+    ram_budget_mib: float | None = Field(None, gt=0, description="Refuse models whose plan is larger")
+    queue_size: int = Field(8, ge=1, description="Requests waiting per local context before 503")
+    keep_alive_s: float | None = Field(
+        300.0, description="Unload the local model after this many idle seconds (None: never)"
+    )
+    max_tokens_limit: int = Field(4096, ge=1, description="Largest max_tokens a request may ask")
+    default_max_tokens: int = Field(256, ge=1)
+
+    # Cloud tier
+    cloud_url: str | None = Field(None, description="OpenAI-compatible base URL, e.g. .../v1")
+    cloud_api_key: SecretStr | None = None
+    cloud_model: str = "cloud"
+    cloud_n_ctx: int = Field(8192, ge=64, description="Context window of the cloud model")
+    cloud_connect_timeout_s: float = 3.0
+    cloud_read_timeout_s: float = 60.0
+    cloud_failure_threshold: int = Field(3, ge=1, description="Failures that open the breaker")
+    cloud_cooldown_s: float = Field(15.0, ge=0, description="Breaker open time before a retry")
+    cloud_probe_interval_s: float = Field(10.0, gt=0)
+
+    # Stand-in cloud (used when cloud_url is not set)
+    standin: bool = Field(True, description="Start the stand-in cloud when no cloud_url is set")
+    standin_model: str = "gemma3-270m"
+    standin_port: int = Field(8081, ge=1, le=65535)
+    standin_n_ctx: int = Field(2048, ge=64)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_path = Path(os.environ.get("TANDEM_CONFIG", "tandem.toml"))
+        return (
+            init_settings,
+            env_settings,
+            TomlConfigSettingsSource(settings_cls, toml_file=toml_path),
+        )
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from env/TOML with explicit overrides; ``None`` overrides are ignored."""
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,78 @@
+"""Test doubles: a local engine that replays scripted tokens, and an SSE cloud transport."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+import httpx
+
+from tandem.errors import TandemError
+from tandem.events import Finish, GenerationParams, StreamEvent, TokenEvent
+from tandem.local.chat import Message
+
+
+class FakeEngine:
+    """Replays ``tokens`` for every request; counts prompt tokens as whitespace words."""
+
+    model_name = "fake-local"
+
+    def __init__(self, tokens: Sequence[str] = ("Hello", " from", " local"), n_ctx: int = 64):
+        self.tokens = list(tokens)
+        self._n_ctx = n_ctx
+        self.state = "ready"
+        self.queue_depth = 0
+        self.error: TandemError | None = None
+        self.calls: list[tuple[list[Message], GenerationParams, str]] = []
+
+    @property
+    def n_ctx(self) -> int:
+        return self._n_ctx
+
+    def count_tokens(self, messages: Sequence[Message]) -> int | None:
+        if self.state != "ready":
+            return None
+        return sum(len(m["content"].split()) for m in messages)
+
+    async def stream(
+        self, messages: Sequence[Message], params: GenerationParams, assistant_prefix: str = ""
+    ) -> AsyncIterator[StreamEvent]:
+        self.calls.append((list(messages), params, assistant_prefix))
+        if self.error is not None:
+            raise self.error
+        emitted = self.tokens[: params.max_tokens]
+        for i, text in enumerate(emitted):
+            yield TokenEvent(text=text, logprob=-0.1 * (i + 1), token=text)
+        reason = "length" if len(emitted) < len(self.tokens) else "stop"
+        yield Finish(reason, self.count_tokens(messages), len(emitted), prefill_tokens=0)
+
+    def health(self) -> dict[str, Any]:
+        return {"state": self.state, "model": self.model_name}
+
+
+def sse_body(pieces: Sequence[str], finish: str = "stop") -> bytes:
+    """An OpenAI-style SSE stream of ``pieces``."""
+    chunks = [{"choices": [{"index": 0, "delta": {"content": p}, "finish_reason": None}]}
+              for p in pieces]
+    chunks.append({"choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
+    lines = [f"data: {json.dumps(c)}\n\n" for c in chunks] + ["data: [DONE]\n\n"]
+    return "".join(lines).encode()
+
+
+def cloud_transport(
+    pieces: Sequence[str] = ("Hi", " from", " cloud"),
+    fail: Callable[[], bool] = lambda: False,
+) -> httpx.MockTransport:
+    """A cloud that streams ``pieces``; answers 500 whenever ``fail()`` is true."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if fail():
+            return httpx.Response(500, json={"error": {"message": "boom"}})
+        if request.url.path.endswith("/models"):
+            return httpx.Response(200, json={"data": [{"id": "cloud"}]})
+        return httpx.Response(
+            200, content=sse_body(pieces), headers={"content-type": "text/event-stream"}
+        )
+
+    return httpx.MockTransport(handler)
