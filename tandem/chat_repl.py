@@ -39,8 +39,9 @@ def _read(console: Console) -> str:
         return ""
 
 
-async def _turn(gw: object, history: list[Message], route: str, settings: Settings,
-                console: Console) -> str:
+async def _turn(
+    gw: object, history: list[Message], route: str, settings: Settings, console: Console
+) -> str:
     from tandem.gateway import Gateway
 
     assert isinstance(gw, Gateway)

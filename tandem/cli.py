@@ -55,7 +55,11 @@ def serve(
     from tandem.server import create_app
 
     base = load_settings(
-        host=host, port=port, cloud_url=cloud_url, local_model=model, n_ctx=n_ctx,
+        host=host,
+        port=port,
+        cloud_url=cloud_url,
+        local_model=model,
+        n_ctx=n_ctx,
         standin=standin,
     )
     with _cloud_tier(base) as settings:
@@ -70,11 +74,11 @@ def _print_banner(s: Settings) -> None:
     console.print(
         "Talk to it with any OpenAI client, e.g.\n"
         f"  curl {url}/chat/completions -H 'Content-Type: application/json' \\\n"
-        "    -d '{\"messages\": [{\"role\": \"user\", \"content\": \"Hello!\"}]}'\n"
+        '    -d \'{"messages": [{"role": "user", "content": "Hello!"}]}\'\n'
         f"  python -c \"from openai import OpenAI; c = OpenAI(base_url='{url}', api_key='x'); "
         "print(c.chat.completions.create(model='auto', messages=[{'role': 'user', "
         "'content': 'Hi'}]).choices[0].message.content)\"\n"
-        "Force a tier with the body field {\"tandem\": {\"route\": \"local\"|\"cloud\"}}; "
+        'Force a tier with the body field {"tandem": {"route": "local"|"cloud"}}; '
         "every answer says where it came from (X-Tandem-Route / X-Tandem-Reason). "
         f"Health: {url[:-3]}/healthz  Metrics: {url[:-3]}/metrics"
     )
@@ -109,7 +113,9 @@ def standin_cloud(
 
 
 @app.command()
-def models(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable")] = False) -> None:
+def models(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable")] = False,
+) -> None:
     """The bundled models: paths, sizes and memory plans at the configured context."""
     from tandem.catalog import BUNDLED, bundled_path
     from tandem.local.memory import plan_memory
@@ -120,8 +126,14 @@ def models(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
         path = bundled_path(model.name)
         plan = plan_memory(path, settings.n_ctx, settings.kv_type, settings.n_batch)
         rows.append(
-            {"name": model.name, "role": model.role, "description": model.description,
-             "path": str(path), "size_bytes": path.stat().st_size, "plan": plan.to_dict()}
+            {
+                "name": model.name,
+                "role": model.role,
+                "description": model.description,
+                "path": str(path),
+                "size_bytes": path.stat().st_size,
+                "plan": plan.to_dict(),
+            }
         )
     if as_json:
         typer.echo(json.dumps(rows, indent=2))

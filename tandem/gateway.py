@@ -128,6 +128,8 @@ class Gateway:
         if turn.route == RoutePreference.CLOUD:
             if self.cloud is None:
                 return self._fallback_local(turn, "cloud_not_configured")
+            if not cloud_up:  # the breaker is open: don't wait for a timeout we expect
+                return self._fallback_local(turn, "cloud_unavailable")
             return self._cloud("requested_cloud")
         if not fits_local:
             return self._cloud("exceeds_local_context")

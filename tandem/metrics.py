@@ -22,12 +22,18 @@ class GatewayMetrics:
             "tandem_requests", "Completed chat turns", ["route", "reason"], registry=r
         )
         self.latency = Histogram(
-            "tandem_request_seconds", "Turn latency", ["route"], buckets=_LATENCY_BUCKETS,
+            "tandem_request_seconds",
+            "Turn latency",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
             registry=r,
         )
         self.ttft = Histogram(
-            "tandem_time_to_first_token_seconds", "Time to first token", ["route"],
-            buckets=_LATENCY_BUCKETS, registry=r,
+            "tandem_time_to_first_token_seconds",
+            "Time to first token",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.tokens = Counter("tandem_tokens", "Tokens", ["route", "kind"], registry=r)
         self.fallbacks = Counter(

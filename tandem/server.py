@@ -45,13 +45,17 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
 
 
 def _add_routes(app: FastAPI, gw: Gateway, settings: Settings) -> None:
-    schema = {"content": {"application/json": {"schema": ChatCompletionRequest.model_json_schema()}}}
+    schema = {
+        "content": {"application/json": {"schema": ChatCompletionRequest.model_json_schema()}}
+    }
 
     @app.post("/v1/chat/completions", openapi_extra={"requestBody": schema})
     async def chat_completions(request: Request) -> Response:
         req = _parse(await _read_body(request, settings.max_body_bytes))
         turn = req.to_turn(settings.default_max_tokens, settings.max_tokens_limit)
-        builder = ResponseBuilder(req.logprobs, bool(req.stream_options and req.stream_options.include_usage))
+        builder = ResponseBuilder(
+            req.logprobs, bool(req.stream_options and req.stream_options.include_usage)
+        )
         events = gw.stream(turn)
         route, head = await _until_first_output(events)
         headers = {"X-Tandem-Route": route.tier.value, "X-Tandem-Reason": route.reason}
@@ -134,7 +138,9 @@ async def _replay(
 
 
 async def _collect(
-    builder: ResponseBuilder, route: RouteInfo, head: list[GatewayEvent],
+    builder: ResponseBuilder,
+    route: RouteInfo,
+    head: list[GatewayEvent],
     events: AsyncIterator[GatewayEvent],
 ) -> dict[str, Any]:
     tokens: list[TokenEvent] = []
@@ -149,8 +155,11 @@ async def _collect(
 
 
 async def _sse(
-    builder: ResponseBuilder, route: RouteInfo, head: list[GatewayEvent],
-    events: AsyncIterator[GatewayEvent], gw: Gateway,
+    builder: ResponseBuilder,
+    route: RouteInfo,
+    head: list[GatewayEvent],
+    events: AsyncIterator[GatewayEvent],
+    gw: Gateway,
 ) -> AsyncIterator[str]:
     yield _data(builder.chunk(route, {"role": "assistant", "content": ""}))
     try:
@@ -202,4 +211,3 @@ def _add_error_handlers(app: FastAPI, gw: Gateway) -> None:
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s", request.url.path)
         return await tandem_error(request, TandemError("Internal error; see the server log."))
-

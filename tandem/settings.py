@@ -41,7 +41,9 @@ class Settings(BaseSettings):
     n_threads: int | None = Field(None, description="CPU threads (default: all cores)")
     n_batch: int = Field(512, ge=1)
     kv_type: KvType = "f16"
-    ram_budget_mib: float | None = Field(None, gt=0, description="Refuse models whose plan is larger")
+    ram_budget_mib: float | None = Field(
+        None, gt=0, description="Refuse models whose plan is larger"
+    )
     queue_size: int = Field(8, ge=1, description="Requests waiting per local context before 503")
     keep_alive_s: float | None = Field(
         300.0, description="Unload the local model after this many idle seconds (None: never)"

@@ -419,7 +419,14 @@ def _parse_chunk(data: str, redact: Callable[[str], str]) -> CloudChunk:
         error = payload["error"]
         message = error.get("message") if isinstance(error, dict) else error
         raise CloudError(f"The cloud failed mid-answer: {redact(str(message))}")
-    return _chunk_from_payload(payload)
+    try:
+        return _chunk_from_payload(payload)
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
+        raise CloudError(
+            f"The cloud sent a stream event of an unexpected shape {redact(data[:100])!r}: "
+            "check that cloud_url points at an OpenAI-compatible API.",
+            code="cloud_bad_response",
+        ) from exc
 
 
 def _chunk_from_payload(payload: dict[str, Any]) -> CloudChunk:
@@ -427,8 +434,11 @@ def _chunk_from_payload(payload: dict[str, Any]) -> CloudChunk:
     choices = payload.get("choices") or [{}]
     choice = choices[0] if isinstance(choices[0], dict) else {}
     delta = choice.get("delta") or {}
+    text = delta.get("content") or ""
+    if not isinstance(text, str):
+        raise TypeError(f"delta.content is a {type(text).__name__}, not a string")
     return CloudChunk(
-        text=delta.get("content") or "",
+        text=text,
         finish_reason=choice.get("finish_reason"),
         logprobs=_logprobs(choice.get("logprobs")),
         prompt_tokens=usage.get("prompt_tokens"),

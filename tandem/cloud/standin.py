@@ -142,12 +142,21 @@ class StandinCloud:
         model_path, hint = resolve_model(self.model)
         if self.port == 0:
             self.port = _free_port(self.host)
+        elif not _port_free(self.host, self.port):
+            # Otherwise whatever holds the port would answer the readiness check for us.
+            raise CloudError(
+                f"Port {self.port} on {self.host} is in use (another stand-in cloud?): stop "
+                "that process or choose another port (TANDEM_STANDIN_PORT).",
+                code="standin_failed",
+            )
+        self._spawn(self.command(model_path, self.chat_format or hint))
+        self._wait_ready()
+
+    def _spawn(self, cmd: list[str]) -> None:
         if self._log_dir is None:
             self._log_dir = Path(tempfile.mkdtemp(prefix="tandem-standin-"))
-        cmd = self.command(model_path, self.chat_format or hint)
         logger.info("Starting the stand-in cloud: %s", " ".join(cmd))
-        assert self.log_path is not None
-        with self.log_path.open("ab") as log:
+        with (self._log_dir / "llama_server.log").open("ab") as log:
             self._proc = subprocess.Popen(
                 cmd,
                 stdin=subprocess.DEVNULL,
@@ -156,7 +165,6 @@ class StandinCloud:
                 env=_child_env(),
                 start_new_session=True,  # own process group: stop() can signal all of it
             )
-        self._wait_ready()
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.startup_timeout_s
@@ -252,6 +260,17 @@ def _free_port(host: str) -> int:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As uvicorn does: connections of a stopped server lingering in TIME_WAIT don't count.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
 
 
 def _child_env() -> dict[str, str]:

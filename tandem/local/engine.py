@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from tandem.errors import ContextLengthError, ModelLoadError, OverloadedError, TandemError
-from tandem.events import Finish, GenerationParams, StreamEvent, TokenEvent
+from tandem.events import GenerationParams, StreamEvent
 from tandem.local.chat import Message, PromptRenderer, RenderedPrompt
 from tandem.local.logits import LogitReader
-from tandem.local.memory import check_budget, ggml_kv_type, plan_memory
+from tandem.local.memory import check_budget, ggml_kv_type, needs_flash_attn, plan_memory
 from tandem.settings import Settings
 
 Sink = Callable[[StreamEvent | BaseException | None], None]
@@ -189,6 +189,9 @@ class LocalEngine:
             return
         if self._llm is None:
             self._load()
+            if self._llm is None:
+                job.sink(ModelLoadError(f"The local model failed to load: {self.last_error}"))
+                return
         self.busy = True
         try:
             self._generate(job)
@@ -218,7 +221,7 @@ class LocalEngine:
                 n_threads=s.n_threads or os.cpu_count(),
                 type_k=kv,
                 type_v=kv,
-                flash_attn=s.kv_type != "f16",  # a quantized V cache needs flash attention
+                flash_attn=needs_flash_attn(s.kv_type),
                 use_mmap=True,
                 verbose=False,
             )

@@ -53,8 +53,9 @@ class FakeEngine:
 
 def sse_body(pieces: Sequence[str], finish: str = "stop") -> bytes:
     """An OpenAI-style SSE stream of ``pieces``."""
-    chunks = [{"choices": [{"index": 0, "delta": {"content": p}, "finish_reason": None}]}
-              for p in pieces]
+    chunks = [
+        {"choices": [{"index": 0, "delta": {"content": p}, "finish_reason": None}]} for p in pieces
+    ]
     chunks.append({"choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
     lines = [f"data: {json.dumps(c)}\n\n" for c in chunks] + ["data: [DONE]\n\n"]
     return "".join(lines).encode()

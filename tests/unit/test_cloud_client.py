@@ -206,8 +206,14 @@ async def test_read_timeout_raises_cloud_error() -> None:
 @pytest.mark.anyio
 @pytest.mark.parametrize(
     "body",
-    [b"data: {not json\n\n", b'data: ["a list"]\n\n', sse(delta("cut off"), done=False)],
-    ids=["bad-json", "not-an-object", "truncated"],
+    [
+        b"data: {not json\n\n",
+        b'data: ["a list"]\n\n',
+        b'data: {"choices": [{"delta": "oops"}]}\n\n',
+        b'data: {"choices": [{"delta": {"content": [1]}}]}\n\n',
+        sse(delta("cut off"), done=False),
+    ],
+    ids=["bad-json", "not-an-object", "bad-delta", "bad-content", "truncated"],
 )
 async def test_malformed_stream_raises_cloud_error(body: bytes) -> None:
     client = make_client(lambda request: stream_response(body))

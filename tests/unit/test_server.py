@@ -20,7 +20,7 @@ def post(client: TestClient, body: Any, **kw: Any) -> Any:
 
 
 def sse_events(text: str) -> list[Any]:
-    lines = [line[len("data: "):] for line in text.splitlines() if line.startswith("data: ")]
+    lines = [line[len("data: ") :] for line in text.splitlines() if line.startswith("data: ")]
     assert lines[-1] == "[DONE]"
     return [json.loads(line) for line in lines[:-1]]
 
@@ -117,7 +117,9 @@ def test_overloaded_auto_request_escalates_to_cloud(client: TestClient, engine: 
     engine.error = OverloadedError("busy")
     r = post(client, {"messages": USER})
     assert (r.headers["x-tandem-route"], r.headers["x-tandem-reason"]) == (
-        "cloud", "local_overloaded")
+        "cloud",
+        "local_overloaded",
+    )
 
 
 BAD_BODIES = {
@@ -130,8 +132,10 @@ BAD_BODIES = {
     "bad_route": ({"messages": USER, "tandem": {"route": "moon"}}, "tandem.route"),
     "several_choices": ({"messages": USER, "n": 3}, "n"),
     "no_user_message": ({"messages": [{"role": "system", "content": "x"}]}, "messages"),
-    "too_long_for_every_tier": ({"messages": [{"role": "user", "content": "w " * 500}]},
-                                "messages"),
+    "too_long_for_every_tier": (
+        {"messages": [{"role": "user", "content": "w " * 500}]},
+        "messages",
+    ),
 }
 
 
@@ -149,8 +153,9 @@ def test_bad_input_gets_openai_shaped_4xx(client: TestClient, name: str) -> None
 
 @pytest.mark.parametrize("raw", [b"{not json", b"", b"[1, 2]", b"null"])
 def test_malformed_json_gets_400(client: TestClient, raw: bytes) -> None:
-    r = client.post("/v1/chat/completions", content=raw,
-                    headers={"content-type": "application/json"})
+    r = client.post(
+        "/v1/chat/completions", content=raw, headers={"content-type": "application/json"}
+    )
     assert r.status_code == 400
     assert r.json()["error"]["type"] == "invalid_request_error"
 

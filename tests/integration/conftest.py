@@ -1,0 +1,27 @@
+"""Fixtures for tests against the real bundled models and the real stand-in cloud server."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tandem.cloud.standin import StandinCloud
+from tandem.settings import load_settings
+
+_HERE = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test in this folder ``integration`` (so ``-m "not integration"`` skips it)."""
+    for item in items:
+        if _HERE in item.path.parents:
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def standin_cloud() -> Iterator[str]:
+    """The base URL (``http://127.0.0.1:PORT/v1``) of a stand-in cloud shared by the session."""
+    with StandinCloud.from_settings(load_settings(), port=0) as cloud:
+        yield cloud.base_url

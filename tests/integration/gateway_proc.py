@@ -1,0 +1,54 @@
+"""A real `tandem serve` process for integration tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+from tandem.net import free_port
+
+
+@contextmanager
+def gateway_process(cloud_url: str | None, **env: str) -> Iterator[str]:
+    """Start `python -m tandem serve` and yield its base URL once the local model is ready."""
+    port = free_port()
+    log = Path(tempfile.mkdtemp()) / "gateway.log"
+    cmd = [sys.executable, "-m", "tandem", "serve", "--port", str(port), "--no-standin"]
+    if cloud_url:
+        cmd += ["--cloud-url", cloud_url]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "TANDEM_N_THREADS": "2", **env},
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(base, proc, log)
+        yield f"{base}/v1"
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
+def _wait_ready(base: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the gateway exited: {log.read_text()[-2000:]}")
+        try:
+            if httpx.get(f"{base}/healthz").json()["local"]["state"] == "ready":
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"the gateway did not become ready: {log.read_text()[-2000:]}")
