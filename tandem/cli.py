@@ -161,20 +161,21 @@ def plan(
 
     settings = load_settings(n_ctx=n_ctx, kv_type=kv_type)
     path, _ = resolve_model(model)
-    result = plan_memory(path, settings.n_ctx, settings.kv_type, settings.n_batch).to_dict()
+    memory_plan = plan_memory(path, settings.n_ctx, settings.kv_type, settings.n_batch)
+    result: dict[str, Any] = memory_plan.to_dict()
     if ram is not None:
         try:
             budget = parse_size(ram)
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--ram") from exc
         result["budget_bytes"] = budget
-        result["fits"] = result["total_bytes"] <= budget
+        result["fits"] = memory_plan.fits(budget)
         result["largest_n_ctx"] = largest_context(path, budget, settings.kv_type, settings.n_batch)
     if as_json:
         typer.echo(json.dumps(result, indent=2, default=str))
         return
     for key, value in result.items():
-        shown = f"{value / 2**20:.1f} MiB" if key.endswith("_bytes") else value
+        shown = f"{value / 2**20:.1f} MiB" if key.endswith("_bytes") and value else value
         console.print(f"{key:>16}: {shown}")
 
 

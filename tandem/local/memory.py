@@ -2,9 +2,13 @@
 
 A plan is the sum of four parts: the weights (memory-mapped from the file, all touched on the
 first token), the KV cache (allocated and zeroed by llama.cpp at load), the compute buffer used
-while evaluating a batch, and a runtime overhead. The formulas are calibrated against the
-resident set size (RSS) of llama-cpp-python 0.3.36 on CPU; see ``_compute_bytes`` and the
-constants above it for what was measured.
+while evaluating a batch, and a runtime overhead. It predicts how much a load adds to the
+resident set size (RSS) of a process that has already imported llama_cpp, at the peak: after the
+whole context has been filled. The formulas are calibrated against llama-cpp-python 0.3.36 on
+CPU; see ``_compute_bytes`` and the constants above it for what was measured.
+
+Mapped weights are clean file pages the kernel could drop under pressure (and reread, slowly);
+the plan counts them in full, as RSS does.
 """
 
 from __future__ import annotations
@@ -271,8 +275,9 @@ def _compute_bytes(shape: ModelShape, n_ctx: int, n_batch: int, flash_attn: bool
     llama.cpp reserves its compute buffer for the worst-case graph, including logits for every
     token of a batch (n_vocab × n_batch floats: 512 MiB for gemma3), but a page only becomes
     resident when a real graph writes it, and with one output row per batch (no
-    ``logits_all``) the logits never go past one row. What does get written, per micro-batch
-    token:
+    ``logits_all``) the logits never go past one row; llama-cpp-python's own ``scores`` array
+    (n_batch × n_vocab floats) likewise stays unwritten. What does get written, per
+    micro-batch token:
 
     * without flash attention, the attention scores of every head against every cache cell
       (n_ctx × n_head × 6 bytes, see ``_SCORE_BYTES``); flash attention works in small tiles;
@@ -361,17 +366,11 @@ def _largest_context(
 
 # --- Sizes and budgets -------------------------------------------------------------------------
 
-_UNITS = {
-    "": 1,
-    "b": 1,
-    "kb": 1000,
-    "mb": 1000**2,
-    "gb": 1000**3,
-    "tb": 1000**4,
-    "kib": 1024,
-    "mib": 1024**2,
-    "gib": 1024**3,
-    "tib": 1024**4,
+# b, kb/mb/gb/tb (powers of 1000), kib/mib/gib/tib (powers of 1024); "" means bytes
+_UNITS = {"": 1, "b": 1} | {
+    f"{prefix}{suffix}": base**power
+    for power, prefix in enumerate("kmgt", start=1)
+    for suffix, base in (("b", 1000), ("ib", 1024))
 }
 _SIZE_RE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([A-Za-z]*)\s*")
 

@@ -111,3 +111,28 @@ def _run_while_killing(url: str, standin: StandinCloud) -> list[tuple[int, str, 
                 )
             )
     return results
+
+
+def test_cloud_dying_mid_stream_is_continued_locally() -> None:
+    """The client sees one answer: cloud text first, then the local model takes over."""
+    standin = StandinCloud.from_settings(load_settings(), port=0)
+    standin.start()
+    try:
+        with gateway_process(standin.base_url) as url:
+            client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0)
+            stream = client.chat.completions.create(
+                model="auto", messages=[{"role": "user", "content": "Count from 1 to 100."}],
+                max_tokens=200, temperature=0.0, stream=True,
+                extra_body={"tandem": {"route": "cloud"}},
+            )
+            chunks = []
+            for chunk in stream:
+                chunks.append(chunk)
+                if len(chunks) == 3:
+                    standin.kill()
+    finally:
+        standin.stop()
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    final = chunks[-1].model_extra["tandem"]
+    assert final == {"route": "local", "reason": "cloud_failed_midstream"}
+    assert len(text) > 10

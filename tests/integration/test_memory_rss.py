@@ -45,7 +45,7 @@ _CHILD = textwrap.dedent(
 def _measured_rss_delta(path: str, n_ctx: int, kv_type: KvType) -> int:
     args = [path, str(n_ctx), str(ggml_kv_type(kv_type)), str(int(needs_flash_attn(kv_type)))]
     done = subprocess.run(
-        [sys.executable, "-c", _CHILD, *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", _CHILD, *args], capture_output=True, text=True, timeout=240
     )
     assert done.returncode == 0, done.stderr[-2000:]
     return int(json.loads(done.stdout.strip().splitlines()[-1])["rss_delta"])
