@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, NoReturn
 import httpx
 
 from tandem.errors import CloudError
+from tandem.net import free_port
 
 if TYPE_CHECKING:
     from tandem.settings import Settings
@@ -141,7 +142,7 @@ class StandinCloud:
 
         model_path, hint = resolve_model(self.model)
         if self.port == 0:
-            self.port = _free_port(self.host)
+            self.port = free_port(self.host)
         elif not _port_free(self.host, self.port):
             # Otherwise whatever holds the port would answer the readiness check for us.
             raise CloudError(
@@ -252,14 +253,6 @@ class StandinCloud:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
-
-
-def _free_port(host: str) -> int:
-    # The port is released before the server binds it; a clash shows up as a startup failure.
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _port_free(host: str, port: int) -> bool:

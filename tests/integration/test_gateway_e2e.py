@@ -121,8 +121,11 @@ def test_cloud_dying_mid_stream_is_continued_locally() -> None:
         with gateway_process(standin.base_url) as url:
             client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0)
             stream = client.chat.completions.create(
-                model="auto", messages=[{"role": "user", "content": "Count from 1 to 100."}],
-                max_tokens=200, temperature=0.0, stream=True,
+                model="auto",
+                messages=[{"role": "user", "content": "Count from 1 to 100."}],
+                max_tokens=200,
+                temperature=0.0,
+                stream=True,
                 extra_body={"tandem": {"route": "cloud"}},
             )
             chunks = []
