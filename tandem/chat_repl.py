@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from rich.console import Console
 
 from tandem.api import ChatCompletionRequest
@@ -19,6 +21,8 @@ async def run_repl(settings: Settings, route: str, console: Console) -> None:
     start = getattr(gw.local, "start", None)
     if start is not None:
         start()
+        # A person types slower than the model loads; waiting keeps the first turn local.
+        await asyncio.to_thread(gw.local.wait_ready, 30.0)  # type: ignore[attr-defined]
     history: list[Message] = []
     console.print("[dim]Empty line or Ctrl-D to quit.[/dim]")
     try:
@@ -53,7 +57,7 @@ async def _turn(
     try:
         async for event in gw.stream(turn):
             if isinstance(event, RouteInfo):
-                console.print(f"[dim][{event.tier.value}: {event.reason}][/dim]")
+                console.print(f"[dim]\\[{event.tier.value}: {event.reason}][/dim]")
             elif isinstance(event, TokenEvent):
                 text.append(event.text)
                 console.print(event.text, end="", markup=False, highlight=False)

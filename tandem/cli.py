@@ -70,7 +70,10 @@ def serve(
 def _print_banner(s: Settings) -> None:
     url = f"http://{s.host}:{s.port}/v1"
     cloud = s.cloud_url or "none (local only)"
-    console.print(f"[bold]Tandem gateway[/bold] on {url}  local: {s.local_model}  cloud: {cloud}")
+    console.print(
+        f"[bold]Tandem gateway[/bold] on {url}  local: {s.local_model}  cloud: {cloud}",
+        soft_wrap=True,
+    )
     console.print(
         "Talk to it with any OpenAI client, e.g.\n"
         f"  curl {url}/chat/completions -H 'Content-Type: application/json' \\\n"
@@ -80,7 +83,8 @@ def _print_banner(s: Settings) -> None:
         "'content': 'Hi'}]).choices[0].message.content)\"\n"
         'Force a tier with the body field {"tandem": {"route": "local"|"cloud"}}; '
         "every answer says where it came from (X-Tandem-Route / X-Tandem-Reason). "
-        f"Health: {url[:-3]}/healthz  Metrics: {url[:-3]}/metrics"
+        f"Health: {url[:-3]}/healthz  Metrics: {url[:-3]}/metrics",
+        soft_wrap=True,
     )
 
 
