@@ -1,13 +1,16 @@
 """``tandem bench runtime``: bare llama-cpp-python vs LocalEngine vs the HTTP gateway.
 
-Each mode runs in a fresh process (so cold start and peak RSS are its own) on the same model,
-thread count, prompts and sampler. The baseline (bare) is measured in the same run and every
-figure is also reported as a ratio to it.
+Same model, thread count, prompts and sampler everywhere. Each mode runs in a fresh process of
+its own (one llama.cpp context per process, as in production: two contexts in one process slow
+each other through their OpenMP thread teams), so cold start and peak RSS are its own. Rounds of
+bare → engine → HTTP repeat and the medians are reported, so drift in machine speed hits all
+modes alike. The baseline (bare) is measured in the same run; figures are also ratios to it.
 """
 
 from __future__ import annotations
 
 import json
+import operator
 import os
 import resource
 import statistics
@@ -41,7 +44,11 @@ LONG_TEXT = " ".join(
 
 
 def _conf(quick: bool) -> dict[str, int]:
-    return {"decode_tokens": 48 if quick else 128, "repeats": 3 if quick else 5, "turns": 10}
+    return {
+        "decode_tokens": 48 if quick else 128,
+        "repeats": 3 if quick else 5,
+        "rounds": 1 if quick else 5,
+    }
 
 
 # -- workloads shared by the in-process modes -------------------------------------------------
@@ -74,34 +81,45 @@ class _Timer:
         }
 
 
-def _measure(
-    stream: Callable[[list[dict[str, str]], int], Iterator[Any]],
-    conf: dict[str, int],
-    long_tokens: int,
-) -> dict[str, Any]:
-    """Median TTFT and decode speed over fresh questions, then prefill speed.
+Stream = Callable[[list[dict[str, str]], int], Iterator[Any]]
+
+
+def _time_stream(stream: Stream, messages: list[dict[str, str]], n: int) -> dict[str, float]:
+    timer = _Timer()
+    for _ in stream(messages, n):
+        timer.token()
+    return timer.result()
+
+
+def _speed(streams: dict[str, Stream], conf: dict[str, int], long_tokens: int) -> dict[str, Any]:
+    """Median TTFT and decode speed over fresh questions, and prefill speed, per mode.
 
     Prefill speed is the long prompt's token count over its time to first token; every mode
-    sees the same KV-cache state (the shared system prompt cached), so the figures compare.
+    sees the same KV-cache state (only the shared system prompt cached), so the figures compare.
     """
-    runs = []
+    names = list(streams)
+    runs: dict[str, list[dict[str, float]]] = {n: [] for n in names}
+    prefill: dict[str, list[float]] = {n: [] for n in names}
     for i in range(conf["repeats"]):
-        timer = _Timer()
-        for _ in stream(_messages(QUESTIONS[i % len(QUESTIONS)]), conf["decode_tokens"]):
-            timer.token()
-        runs.append(timer.result())
-    timer = _Timer()
-    for _ in stream(_messages(LONG_TEXT), 1):
-        timer.token()
+        order = names[i % len(names) :] + names[: i % len(names)]
+        question = _messages(QUESTIONS[i % len(QUESTIONS)])
+        for name in order:
+            runs[name].append(_time_stream(streams[name], question, conf["decode_tokens"]))
+        for name in order:
+            ttft = _time_stream(streams[name], _messages(LONG_TEXT), 1)["ttft_s"]
+            prefill[name].append(long_tokens / ttft)
     return {
-        "ttft_ms": 1000 * statistics.median(r["ttft_s"] for r in runs),
-        "decode_tok_s": statistics.median(r["decode_tok_s"] for r in runs),
-        "long_prompt_tokens": long_tokens,
-        "prefill_tok_s": long_tokens / timer.result()["ttft_s"],
+        name: {
+            "ttft_ms": 1000 * statistics.median(r["ttft_s"] for r in runs[name]),
+            "decode_tok_s": statistics.median(r["decode_tok_s"] for r in runs[name]),
+            "prefill_tok_s": statistics.median(prefill[name]),
+        }
+        for name in names
     }
 
 
-def _bare(settings: Settings, conf: dict[str, int], model: Path) -> dict[str, Any]:
+def _bare_stream(settings: Settings, model: Path) -> tuple[Stream, int]:
+    """Plain llama-cpp-python: ``Llama.generate`` on the chat-templated prompt."""
     from llama_cpp import Llama
 
     from tandem.local.chat import PromptRenderer
@@ -129,31 +147,36 @@ def _bare(settings: Settings, conf: dict[str, int], model: Path) -> dict[str, An
                 break
         gen.close()
 
-    first = _cold_first_token(lambda: next(stream(_messages(QUESTIONS[0]), 1)))
-    return {**first, **_measure(stream, conf, len(tokens(_messages(LONG_TEXT))))}
+    return stream, len(tokens(_messages(LONG_TEXT)))
 
 
-def _engine(settings: Settings, conf: dict[str, int], model: Path) -> dict[str, Any]:
+def _engine_stream(engine: Any) -> Stream:
     from tandem.events import GenerationParams, TokenEvent
-    from tandem.local.engine import LocalEngine
 
-    engine = LocalEngine(settings.model_copy(update={"keep_alive_s": None}), model)
-
-    def stream(messages: list[dict[str, str]], n: int) -> Iterator[TokenEvent]:
+    def stream(messages: list[dict[str, str]], n: int) -> Iterator[Any]:
         params = GenerationParams(max_tokens=n, temperature=0.0)
         for ev in engine.stream_sync(messages, params):
             if isinstance(ev, TokenEvent):
                 yield ev
 
-    def first_token() -> None:
-        engine.start()
-        next(stream(_messages(QUESTIONS[0]), 1))
+    return stream
 
-    first = _cold_first_token(first_token)
-    long_tokens = engine.count_tokens(_messages(LONG_TEXT)) or 0
-    result = {**first, **_measure(stream, conf, long_tokens), "conversation": _conversation(engine)}
-    engine.close()
-    return result
+
+def _http_stream(client: Any, url: str) -> Stream:
+    def stream(messages: list[dict[str, str]], n: int) -> Iterator[str]:
+        body = {
+            "messages": messages,
+            "max_tokens": n,
+            "temperature": 0.0,
+            "stream": True,
+            "tandem": {"route": "local"},
+        }
+        with client.stream("POST", url, json=body) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: {") and '"content":"' in line:
+                    yield line
+
+    return stream
 
 
 def _conversation(engine: Any) -> dict[str, Any]:
@@ -173,101 +196,51 @@ def _conversation(engine: Any) -> dict[str, Any]:
                 finish = ev
         assert finish is not None and finish.prompt_tokens is not None
         if last_total is not None:
+            new = finish.prompt_tokens - last_total
             turns.append(
-                {
-                    "prompt": finish.prompt_tokens,
-                    "new": finish.prompt_tokens - last_total,
-                    "prefilled": finish.prefill_tokens,
-                }
+                {"prompt": finish.prompt_tokens, "new": new, "prefilled": finish.prefill_tokens}
             )
         last_total = finish.prompt_tokens + finish.completion_tokens
         history.append({"role": "assistant", "content": "".join(text)})
-    new = sum(t["new"] for t in turns)
+    new_total = sum(t["new"] for t in turns)
     prefilled = sum(t["prefilled"] or 0 for t in turns)
     return {
         "turns": turns,
-        "new_tokens": new,
+        "new_tokens": new_total,
         "prefilled_tokens": prefilled,
-        "prefill_over_new": prefilled / new if new else None,
+        "prefill_over_new": prefilled / new_total if new_total else None,
     }
 
 
-def _cold_first_token(first: Callable[[], Any]) -> dict[str, float]:
-    """Process start → first token; the process start time comes from the parent."""
-    first()
-    started = float(os.environ.get("TANDEM_BENCH_T0", time.time()))
-    return {"cold_start_s": time.time() - started}
-
-
-# -- the HTTP mode: a real `tandem serve` process, streamed over loopback -------------------------
-
-
-def _http(conf: dict[str, int], port: int, long_tokens: int) -> dict[str, Any]:
-    import httpx
-
-    url = f"http://127.0.0.1:{port}/v1/chat/completions"
-    t0 = time.time()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tandem", "serve", "--no-standin", "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "TANDEM_KEEP_ALIVE_S": "86400"},
-    )
-    try:
-        with httpx.Client(timeout=60) as client:
-
-            def stream(messages: list[dict[str, str]], n: int) -> Iterator[str]:
-                body = {
-                    "messages": messages,
-                    "max_tokens": n,
-                    "temperature": 0.0,
-                    "stream": True,
-                    "tandem": {"route": "local"},
-                }
-                with client.stream("POST", url, json=body) as r:
-                    for line in r.iter_lines():
-                        if line.startswith("data: {") and '"content":"' in line:
-                            yield line
-
-            cold = _wait_first_token(stream, t0)
-            result = {"cold_start_s": cold, **_measure(stream, conf, long_tokens)}
-        result["peak_rss_mib"] = _vm_hwm_mib(proc.pid)
-        return result
-    finally:
-        proc.terminate()
-        proc.wait(30)
-
-
-def _wait_first_token(stream: Callable[..., Iterator[str]], t0: float) -> float:
-    import httpx
-
-    while True:
-        try:
-            next(stream(_messages(QUESTIONS[0]), 1))
-            return time.time() - t0
-        except (httpx.HTTPError, StopIteration):
-            time.sleep(0.02)
-
-
-def _vm_hwm_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-# -- orchestration ------------------------------------------------------------------------------
+# -- one fresh process per mode and round ------------------------------------------------------
 
 
 def _child(mode: str, quick: bool) -> None:
+    """One round of one in-process mode: cold start, speed, peak RSS; prints JSON."""
     from tandem.catalog import resolve_model
+    from tandem.local.engine import LocalEngine
     from tandem.settings import load_settings
 
     settings = load_settings()
     model, _ = resolve_model(settings.local_model)
-    result = (_bare if mode == "bare" else _engine)(settings, _conf(quick), model)
+    engine = None
+    if mode == "bare":
+        stream, long_tokens = _bare_stream(settings, model)
+    else:
+        engine = LocalEngine(settings.model_copy(update={"keep_alive_s": None}), model)
+        engine.start()
+        stream = _engine_stream(engine)
+    next(iter(stream(_messages(QUESTIONS[0]), 1)))
+    result: dict[str, Any] = {"cold_start_s": time.time() - float(os.environ["TANDEM_BENCH_T0"])}
+    if engine is not None:
+        long_tokens = engine.count_tokens(_messages(LONG_TEXT)) or 0
+    result.update(_speed({mode: stream}, _conf(quick), long_tokens)[mode])
+    result["long_prompt_tokens"] = long_tokens
+    if engine is not None:
+        result["conversation"] = _conversation(engine)
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(result))
+    os._exit(0)  # skip interpreter teardown of llama.cpp threads
 
 
 def _run_child(mode: str, quick: bool) -> dict[str, Any]:
@@ -282,24 +255,92 @@ def _run_child(mode: str, quick: bool) -> dict[str, Any]:
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
+class _GatewayProcess:
+    """A real ``tandem serve`` process; its cold start is Popen → first streamed token."""
+
+    def __init__(self, port: int):
+        self.url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        self.t0 = time.time()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tandem", "serve", "--no-standin", "--port", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "TANDEM_KEEP_ALIVE_S": "86400"},
+        )
+
+    def cold_start(self, stream: Stream) -> float:
+        import httpx
+
+        while True:
+            try:
+                next(iter(stream(_messages(QUESTIONS[0]), 1)))
+                return time.time() - self.t0
+            except (httpx.HTTPError, StopIteration):
+                if self.proc.poll() is not None:
+                    raise RuntimeError("the gateway process exited during start-up") from None
+                time.sleep(0.02)
+
+    def peak_rss_mib(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+def _http_round(quick: bool, long_tokens: int) -> dict[str, Any]:
+    import httpx
+
+    from tandem.net import free_port
+
+    gateway = _GatewayProcess(free_port())
+    try:
+        with httpx.Client(timeout=120) as client:
+            stream = _http_stream(client, gateway.url)
+            result: dict[str, Any] = {"cold_start_s": gateway.cold_start(stream)}
+            result.update(_speed({"http": stream}, _conf(quick), long_tokens)["http"])
+        result["peak_rss_mib"] = gateway.peak_rss_mib()
+        return result
+    finally:
+        gateway.stop()
+
+
+def _median_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    merged = dict(rounds[-1])
+    for key, value in rounds[0].items():
+        if isinstance(value, float):
+            merged[key] = statistics.median(r[key] for r in rounds)
+    merged["rounds"] = len(rounds)
+    return merged
+
+
+# -- orchestration ------------------------------------------------------------------------------
+
+
 def run_runtime_bench(
     settings: Settings, quick: bool, out: Path, console: Console
 ) -> dict[str, Any]:
-    """Run all three modes, write JSON to ``out`` and print the ratios to bare."""
-    from tandem.net import free_port
-
-    modes: dict[str, dict[str, Any]] = {}
-    for mode in ("bare", "engine"):
-        console.print(f"[dim]bench runtime: {mode}…[/dim]")
-        modes[mode] = _run_child(mode, quick)
-    console.print("[dim]bench runtime: http…[/dim]")
-    modes["http"] = _http(_conf(quick), free_port(), modes["bare"]["long_prompt_tokens"])
+    """Rounds of bare → engine → HTTP, each in a fresh process; medians; ratios to bare."""
+    conf = _conf(quick)
+    rounds: dict[str, list[dict[str, Any]]] = {"bare": [], "engine": [], "http": []}
+    for i in range(conf["rounds"]):
+        for mode in ("bare", "engine"):
+            console.print(f"[dim]bench runtime: round {i + 1}, {mode}…[/dim]")
+            rounds[mode].append(_run_child(mode, quick))
+        console.print(f"[dim]bench runtime: round {i + 1}, http…[/dim]")
+        rounds["http"].append(_http_round(quick, rounds["bare"][0]["long_prompt_tokens"]))
+    modes = {mode: _median_rounds(r) for mode, r in rounds.items()}
     result = {
         "model": settings.local_model,
         "n_threads": settings.n_threads or os.cpu_count(),
         "quick": quick,
+        "config": conf,
         "modes": modes,
-        "ratios": _ratios(modes),
+        "ratios": _ratios(rounds),
+        "rounds": rounds,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
@@ -307,19 +348,28 @@ def run_runtime_bench(
     return result
 
 
-def _ratios(modes: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    bare = modes["bare"]
+def _ratios(rounds: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Each figure against bare of the same round, then the median over rounds.
+
+    Pairing by round cancels slow drift in machine speed, which on a shared 2-core machine is
+    larger than the differences being measured.
+    """
+
+    def paired(mode: str, key: str, compare: Callable[[float, float], float]) -> float:
+        pairs = zip(rounds[mode], rounds["bare"], strict=True)
+        return statistics.median(compare(m[key], b[key]) for m, b in pairs)
+
     ratios: dict[str, Any] = {}
     for mode in ("engine", "http"):
-        m = modes[mode]
         ratios[mode] = {
-            "decode_vs_bare": m["decode_tok_s"] / bare["decode_tok_s"],
-            "ttft_overhead_ms": m["ttft_ms"] - bare["ttft_ms"],
-            "peak_rss_vs_bare": m["peak_rss_mib"] / bare["peak_rss_mib"],
-            "cold_start_vs_bare": m["cold_start_s"] / bare["cold_start_s"],
-            "prefill_vs_bare": m["prefill_tok_s"] / bare["prefill_tok_s"],
+            "decode_vs_bare": paired(mode, "decode_tok_s", operator.truediv),
+            "prefill_vs_bare": paired(mode, "prefill_tok_s", operator.truediv),
+            "ttft_overhead_ms": paired(mode, "ttft_ms", operator.sub),
+            "cold_start_vs_bare": paired(mode, "cold_start_s", operator.truediv),
+            "peak_rss_vs_bare": paired(mode, "peak_rss_mib", operator.truediv),
         }
-    ratios["conversation_prefill_over_new"] = modes["engine"]["conversation"]["prefill_over_new"]
+    conversation = rounds["engine"][-1]["conversation"]
+    ratios["conversation_prefill_over_new"] = conversation["prefill_over_new"]
     return ratios
 
 
