@@ -1,8 +1,9 @@
 """The cloud tier: an OpenAI-compatible client with a circuit breaker, and a local stand-in."""
 
 from tandem.cloud.breaker import BreakerState, CircuitBreaker
-from tandem.cloud.client import CloudChunk, CloudClient, CloudCompletion, TokenLogprob
+from tandem.cloud.client import CloudClient
 from tandem.cloud.standin import StandinCloud
+from tandem.cloud.stream import CloudChunk, CloudCompletion, TokenLogprob
 
 __all__ = [
     "BreakerState",

@@ -8,12 +8,10 @@ the ``Authorization`` header: it is scrubbed from every message, log line and re
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -21,6 +19,7 @@ import httpx
 from pydantic import SecretStr
 
 from tandem.cloud.breaker import CircuitBreaker
+from tandem.cloud.stream import CloudChunk, CloudCompletion, TokenLogprob, read_chunks
 from tandem.errors import CloudError
 
 if TYPE_CHECKING:
@@ -34,38 +33,6 @@ RTT_ALPHA = 0.3  # weight of the newest sample in the round-trip-time average
 _REQUEST_REJECTED = "cloud_rejected_request"
 # HTTP statuses that say the endpoint is unusable rather than that the request was wrong.
 _ENDPOINT_STATUSES = {401, 403, 404, 408, 429}
-
-
-@dataclass(frozen=True)
-class TokenLogprob:
-    """Log-probability of one generated token, with the alternatives the server reported."""
-
-    token: str
-    logprob: float
-    top: tuple[tuple[str, float], ...] = ()
-
-
-@dataclass(frozen=True)
-class CloudChunk:
-    """One streamed event: a text delta, the finish reason, logprobs, or the usage totals."""
-
-    text: str = ""
-    finish_reason: str | None = None
-    logprobs: tuple[TokenLogprob, ...] = ()
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
-
-
-@dataclass(frozen=True)
-class CloudCompletion:
-    """A whole answer: the collected stream. Token counts are None if the server sent no usage."""
-
-    text: str
-    finish_reason: str | None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 class CloudClient:
@@ -142,7 +109,7 @@ class CloudClient:
         settled = False
         try:
             async with self._open_stream(self._request_body(body)) as response:
-                async for chunk in _read_chunks(response, self._redact):
+                async for chunk in read_chunks(response, self._redact):
                     yield chunk
             self._record_success()
             settled = True
@@ -366,98 +333,3 @@ def _error_detail(response: httpx.Response) -> str:
         if error is not None:
             return str(error)[:300]
     return str(payload)[:300]
-
-
-async def _sse_events(response: httpx.Response) -> AsyncIterator[str]:
-    """The ``data`` of each server-sent event; comments and other fields are skipped."""
-    data: list[str] = []
-    async for line in response.aiter_lines():
-        if not line:
-            if data:
-                yield "\n".join(data)
-                data = []
-        elif line.startswith("data:"):
-            data.append(line[5:].removeprefix(" "))
-    if data:
-        yield "\n".join(data)
-
-
-async def _read_chunks(
-    response: httpx.Response, redact: Callable[[str], str]
-) -> AsyncIterator[CloudChunk]:
-    finished = False
-    async for data in _sse_events(response):
-        if data.strip() == "[DONE]":
-            return
-        chunk = _parse_chunk(data, redact)
-        finished = finished or chunk.finish_reason is not None
-        yield chunk
-    if not finished:
-        raise CloudError(
-            "The cloud's stream ended before it finished (no finish_reason, no [DONE]): "
-            "the server may have crashed; check its logs.",
-            code="cloud_bad_response",
-        )
-
-
-def _parse_chunk(data: str, redact: Callable[[str], str]) -> CloudChunk:
-    try:
-        payload = json.loads(data)
-    except ValueError as exc:
-        raise CloudError(
-            f"The cloud sent a malformed stream event {redact(data[:100])!r}: check that "
-            "cloud_url points at an OpenAI-compatible API.",
-            code="cloud_bad_response",
-        ) from exc
-    if not isinstance(payload, dict):
-        raise CloudError(
-            "The cloud sent a stream event that is not a JSON object: check that cloud_url "
-            "points at an OpenAI-compatible API.",
-            code="cloud_bad_response",
-        )
-    if "error" in payload:
-        error = payload["error"]
-        message = error.get("message") if isinstance(error, dict) else error
-        raise CloudError(f"The cloud failed mid-answer: {redact(str(message))}")
-    try:
-        return _chunk_from_payload(payload)
-    except (AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
-        raise CloudError(
-            f"The cloud sent a stream event of an unexpected shape {redact(data[:100])!r}: "
-            "check that cloud_url points at an OpenAI-compatible API.",
-            code="cloud_bad_response",
-        ) from exc
-
-
-def _chunk_from_payload(payload: dict[str, Any]) -> CloudChunk:
-    usage = payload.get("usage") or {}
-    choices = payload.get("choices") or [{}]
-    choice = choices[0] if isinstance(choices[0], dict) else {}
-    delta = choice.get("delta") or {}
-    text = delta.get("content") or ""
-    if not isinstance(text, str):
-        raise TypeError(f"delta.content is a {type(text).__name__}, not a string")
-    return CloudChunk(
-        text=text,
-        finish_reason=choice.get("finish_reason"),
-        logprobs=_logprobs(choice.get("logprobs")),
-        prompt_tokens=usage.get("prompt_tokens"),
-        completion_tokens=usage.get("completion_tokens"),
-        raw=payload,
-    )
-
-
-def _logprobs(info: Any) -> tuple[TokenLogprob, ...]:
-    if not isinstance(info, dict):
-        return ()
-    return tuple(
-        TokenLogprob(
-            token=entry.get("token", ""),
-            logprob=float(entry.get("logprob", 0.0)),
-            top=tuple(
-                (alt.get("token", ""), float(alt.get("logprob", 0.0)))
-                for alt in entry.get("top_logprobs") or ()
-            ),
-        )
-        for entry in info.get("content") or ()
-    )

@@ -14,7 +14,6 @@ the plan counts them in full, as RSS does.
 from __future__ import annotations
 
 import math
-import mmap
 import re
 import struct
 from dataclasses import asdict, dataclass
@@ -24,6 +23,7 @@ from typing import get_args
 import gguf
 
 from tandem.errors import MemoryBudgetError, ModelLoadError
+from tandem.local.gguf_header import HeaderValue, read_header
 from tandem.settings import KvType
 
 KV_TYPES: tuple[KvType, ...] = get_args(KvType)  # largest cache first
@@ -57,100 +57,7 @@ class ModelShape:
     sliding_window: int | None
 
 
-# --- GGUF header -------------------------------------------------------------------------------
-#
-# gguf.GGUFReader builds a numpy view for every element of every metadata array; on a model with
-# a 262k-token vocabulary that takes seconds. The header walk below decodes only scalars and
-# skips arrays by length, so planning stays cheap enough to run before every load.
-
-_SCALAR_FORMATS = {
-    gguf.GGUFValueType.UINT8: "<B",
-    gguf.GGUFValueType.INT8: "<b",
-    gguf.GGUFValueType.UINT16: "<H",
-    gguf.GGUFValueType.INT16: "<h",
-    gguf.GGUFValueType.UINT32: "<I",
-    gguf.GGUFValueType.INT32: "<i",
-    gguf.GGUFValueType.FLOAT32: "<f",
-    gguf.GGUFValueType.BOOL: "<?",
-    gguf.GGUFValueType.UINT64: "<Q",
-    gguf.GGUFValueType.INT64: "<q",
-    gguf.GGUFValueType.FLOAT64: "<d",
-}
-
-_Value = int | float | bool | str | tuple[int | float | bool | str | None, ...]
-
-
-class _HeaderCursor:
-    """Reads little-endian GGUF values from a memory map, advancing an offset."""
-
-    def __init__(self, buf: mmap.mmap) -> None:
-        self.buf = buf
-        self.pos = 0
-
-    def unpack(self, fmt: str) -> int | float | bool:
-        (value,) = struct.unpack_from(fmt, self.buf, self.pos)
-        self.pos += struct.calcsize(fmt)
-        return value  # type: ignore[no-any-return]
-
-    def string(self) -> str:
-        length = int(self.unpack("<Q"))
-        raw = self.buf[self.pos : self.pos + length]
-        self.pos += length
-        return raw.decode("utf-8", errors="replace")
-
-    def value(self, vtype: int) -> _Value:
-        if vtype == gguf.GGUFValueType.STRING:
-            return self.string()
-        if vtype == gguf.GGUFValueType.ARRAY:
-            return self.array()
-        return self.unpack(_SCALAR_FORMATS[gguf.GGUFValueType(vtype)])
-
-    def array(self) -> tuple[int | float | bool | str | None, ...]:
-        """An array; only its length is kept (elements are ``None``) unless it is short."""
-        etype, count = int(self.unpack("<I")), int(self.unpack("<Q"))
-        if count <= 1024:  # short arrays (per-layer head counts) are worth decoding
-            return tuple(self.value(etype) for _ in range(count))  # type: ignore[misc]
-        if etype == gguf.GGUFValueType.STRING:
-            for _ in range(count):
-                length = int(self.unpack("<Q"))
-                self.pos += length
-        elif etype == gguf.GGUFValueType.ARRAY:
-            for _ in range(count):
-                self.array()
-        else:
-            self.pos += count * struct.calcsize(_SCALAR_FORMATS[gguf.GGUFValueType(etype)])
-        return (None,) * count
-
-
-def _tensor_bytes(dims: list[int], ggml_type: int) -> int:
-    block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(ggml_type)]
-    return math.prod(dims) // block * type_size
-
-
-def _read_header(path: Path) -> tuple[dict[str, _Value], dict[str, tuple[list[int], int]]]:
-    """(metadata, {tensor name: (dims, data bytes)}) from a GGUF file's header."""
-    with path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        cur = _HeaderCursor(buf)
-        if cur.unpack("<I") != gguf.GGUF_MAGIC:
-            raise ValueError("not a GGUF file (bad magic)")
-        if cur.unpack("<I") not in (2, 3):
-            raise ValueError("unsupported GGUF version (or a big-endian file)")
-        n_tensors, n_kv = int(cur.unpack("<Q")), int(cur.unpack("<Q"))
-        meta: dict[str, _Value] = {}
-        for _ in range(n_kv):
-            key = cur.string()
-            meta[key] = cur.value(int(cur.unpack("<I")))
-        tensors: dict[str, tuple[list[int], int]] = {}
-        for _ in range(n_tensors):
-            name = cur.string()
-            dims = [int(cur.unpack("<Q")) for _ in range(int(cur.unpack("<I")))]
-            ggml_type = int(cur.unpack("<I"))
-            cur.pos += 8  # data offset
-            tensors[name] = (dims, _tensor_bytes(dims, ggml_type))
-    return meta, tensors
-
-
-def _int_key(meta: dict[str, _Value], key: str, default: int | None = None) -> int:
+def _int_key(meta: dict[str, HeaderValue], key: str, default: int | None = None) -> int:
     value = meta.get(key)
     if isinstance(value, tuple):  # per-layer values: plan for the largest layer
         value = max((v for v in value if isinstance(v, int)), default=None)
@@ -164,7 +71,7 @@ def _int_key(meta: dict[str, _Value], key: str, default: int | None = None) -> i
 def read_shape(path: Path) -> ModelShape:
     """The model's hyper-parameters and weight size, read from the GGUF header only."""
     try:
-        meta, tensors = _read_header(path)
+        meta, tensors = read_header(path)
     except (OSError, ValueError, KeyError, struct.error) as exc:
         raise ModelLoadError(f"Cannot read GGUF metadata from {path}: {exc}") from exc
     arch = meta.get("general.architecture")
@@ -188,7 +95,7 @@ def read_shape(path: Path) -> ModelShape:
     )
 
 
-def _vocab_size(meta: dict[str, _Value], tensors: dict[str, tuple[list[int], int]]) -> int:
+def _vocab_size(meta: dict[str, HeaderValue], tensors: dict[str, tuple[list[int], int]]) -> int:
     tokens = meta.get("tokenizer.ggml.tokens")
     if isinstance(tokens, tuple):
         return len(tokens)

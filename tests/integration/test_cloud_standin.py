@@ -9,8 +9,9 @@ import anyio
 import pytest
 
 from tandem.cloud.breaker import BreakerState, CircuitBreaker
-from tandem.cloud.client import CloudClient, CloudCompletion
+from tandem.cloud.client import CloudClient
 from tandem.cloud.standin import StandinCloud
+from tandem.cloud.stream import CloudCompletion
 from tandem.errors import CloudError
 
 
