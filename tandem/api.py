@@ -39,6 +39,7 @@ class TandemOptions(BaseModel):
 
     route: RoutePreference = RoutePreference.AUTO
     fallback: bool = True
+    session_id: str | None = None  # keep the conversation server-side (as X-Session-Id does)
 
 
 class StreamOptions(BaseModel):

@@ -10,7 +10,8 @@ from typing import Any
 
 from tandem.gateway import Gateway
 from tandem.metrics import GatewayMetrics
-from tandem.settings import Settings
+from tandem.sessions.service import SessionService
+from tandem.settings import Settings, default_sessions_db
 
 
 def build_gateway(settings: Settings) -> Gateway:
@@ -28,8 +29,18 @@ def build_gateway(settings: Settings) -> Gateway:
     return Gateway(engine, cloud, metrics, settings.cloud_n_ctx)
 
 
+def build_sessions(settings: Settings, gw: Gateway) -> SessionService | None:
+    """The session service over the configured SQLite file (None when sessions are off)."""
+    from tandem.sessions.store import SqliteSessionStore
+
+    if not settings.sessions:
+        return None
+    store = SqliteSessionStore(settings.sessions_db or default_sessions_db())
+    return SessionService(store, gw)
+
+
 def gateway_lifespan(
-    gw: Gateway, settings: Settings
+    gw: Gateway, settings: Settings, sessions: SessionService | None = None
 ) -> Callable[[Any], AbstractAsyncContextManager[None]]:
     """Start the engine (loading in the background) and the cloud probes; stop them after."""
 
@@ -54,5 +65,7 @@ def gateway_lifespan(
             aclose = getattr(gw.cloud, "aclose", None)
             if aclose is not None:
                 await aclose()
+            if sessions is not None:
+                sessions.store.close()
 
     return lifespan

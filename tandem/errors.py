@@ -52,9 +52,13 @@ class PayloadTooLargeError(InvalidRequestError):
     code = "payload_too_large"
 
 
-class ModelNotFoundError(TandemError):
+class NotFoundError(TandemError):
     status_code = 404
     error_type = "invalid_request_error"
+    code = "not_found"
+
+
+class ModelNotFoundError(NotFoundError):
     code = "model_not_found"
 
 

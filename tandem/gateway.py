@@ -8,8 +8,8 @@ whenever the answering tier changes (a failed cloud call continues locally), the
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -23,6 +23,7 @@ from tandem.errors import (
 from tandem.events import Finish, GenerationParams, StreamEvent, TokenEvent
 from tandem.local.chat import Message
 from tandem.metrics import GatewayMetrics
+from tandem.sessions.fit import fit_messages
 
 # Characters per token used to estimate a prompt's size when no tokenizer is at hand.
 CHARS_PER_TOKEN = 3.0
@@ -46,6 +47,8 @@ class RouteInfo:
     tier: Tier
     reason: str
     model: str
+    start: int = 0  # first non-system message sent to the tier (sessions trim the oldest)
+    dropped: int = 0  # older messages left out to fit the tier's window
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,10 @@ class Turn:
     params: GenerationParams
     route: RoutePreference = RoutePreference.AUTO
     fallback: bool = True  # may another tier answer when the chosen one fails?
+    session_id: str | None = None
+    # Set for session turns: the history is trimmed to each tier's window (starting no earlier
+    # than these message indexes) instead of failing when it is too long.
+    context_starts: Mapping[str, int] | None = None
 
 
 GatewayEvent = RouteInfo | StreamEvent
@@ -76,8 +83,14 @@ class LocalTier(Protocol):
     def count_tokens(self, messages: Sequence[Message]) -> int | None: ...
 
     def stream(
-        self, messages: Sequence[Message], params: GenerationParams, assistant_prefix: str = ""
+        self,
+        messages: Sequence[Message],
+        params: GenerationParams,
+        assistant_prefix: str = "",
+        session: str | None = None,
     ) -> AsyncIterator[StreamEvent]: ...
+
+    def forget(self, session: str) -> None: ...
 
     def health(self) -> dict[str, Any]: ...
 
@@ -116,7 +129,8 @@ class Gateway:
         fits_local = prompt_tokens < self.local.n_ctx
         fits_cloud = prompt_tokens < self._cloud_n_ctx
         cloud_up = self.cloud is not None and self.cloud.available
-        if not fits_local and not (fits_cloud and self.cloud is not None):
+        trims = turn.context_starts is not None
+        if not fits_local and not (fits_cloud and self.cloud is not None) and not trims:
             raise ContextLengthError(
                 f"The prompt is about {prompt_tokens} tokens; the local context window is "
                 f"{self.local.n_ctx} and the cloud's is {self._cloud_n_ctx}. Shorten the "
@@ -132,6 +146,10 @@ class Gateway:
                 return self._fallback_local(turn, "cloud_unavailable")
             return self._cloud("requested_cloud")
         if not fits_local:
+            if trims and not cloud_up:  # the history is trimmed to fit the local window
+                return self._local(
+                    "cloud_not_configured" if self.cloud is None else "cloud_unavailable"
+                )
             return self._cloud("exceeds_local_context")
         if self.local.state != "ready" and cloud_up:
             return self._cloud(f"local_{self.local.state}")
@@ -180,50 +198,69 @@ class Gateway:
     async def _answer(
         self, turn: Turn, route: RouteInfo, text: list[str]
     ) -> AsyncIterator[GatewayEvent]:
+        messages, route = self._fit(turn, route)
         yield route
         if route.tier == Tier.LOCAL:
-            async for event in self._local_or_escalate(turn, text):
+            async for event in self._local_or_escalate(turn, messages, text):
                 yield event
             return
         try:
-            async for event in self._stream_cloud(turn, text):
+            async for event in self._stream_cloud(turn, messages, text):
                 yield event
         except CloudError as exc:
             reason = "cloud_failed" if not text else "cloud_failed_midstream"
-            info = self._fallback_local(turn, reason)
+            messages, info = self._fit(turn, self._fallback_local(turn, reason))
             self.metrics.count_fallback(reason, str(exc.code))
             yield info
-            async for event in self._stream_local(turn, text):
+            async for event in self._stream_local(turn, messages, text):
                 yield event
 
-    async def _local_or_escalate(self, turn: Turn, text: list[str]) -> AsyncIterator[GatewayEvent]:
+    async def _local_or_escalate(
+        self, turn: Turn, messages: list[Message], text: list[str]
+    ) -> AsyncIterator[GatewayEvent]:
         """Local first; a busy or broken local engine hands an ``auto`` turn to the cloud."""
         try:
-            async for event in self._stream_local(turn, text):
+            async for event in self._stream_local(turn, messages, text):
                 yield event
         except (OverloadedError, ModelLoadError) as exc:
             may_escalate = turn.route == RoutePreference.AUTO and turn.fallback
             if text or not may_escalate or self.cloud is None or not self.cloud.available:
                 raise
             reason = "local_overloaded" if isinstance(exc, OverloadedError) else "local_failed"
-            yield self._cloud(reason)
-            async for event in self._stream_cloud(turn, text):
+            messages, info = self._fit(turn, self._cloud(reason))
+            yield info
+            async for event in self._stream_cloud(turn, messages, text):
                 yield event
 
-    async def _stream_local(self, turn: Turn, text: list[str]) -> AsyncIterator[StreamEvent]:
+    def _fit(self, turn: Turn, route: RouteInfo) -> tuple[list[Message], RouteInfo]:
+        """The messages the route's tier receives: a session's history trimmed to its window."""
+        if turn.context_starts is None:
+            return list(turn.messages), route
+        window = self.local.n_ctx if route.tier == Tier.LOCAL else self._cloud_n_ctx
+        # Leave room for the answer, but never more than a quarter of the window.
+        budget = window - min(turn.params.max_tokens, window // 4)
+        start = turn.context_starts.get(route.tier.value, 0)
+        fitted = fit_messages(turn.messages, self._prompt_tokens, budget, start)
+        return fitted.messages, replace(route, start=fitted.start, dropped=fitted.dropped)
+
+    async def _stream_local(
+        self, turn: Turn, messages: list[Message], text: list[str]
+    ) -> AsyncIterator[StreamEvent]:
         prefix = "".join(text)
-        async for event in self.local.stream(turn.messages, turn.params, prefix):
+        async for event in self.local.stream(messages, turn.params, prefix, turn.session_id):
             if isinstance(event, TokenEvent) and event.text:
                 text.append(event.text)
             yield event
 
-    async def _stream_cloud(self, turn: Turn, text: list[str]) -> AsyncIterator[StreamEvent]:
+    async def _stream_cloud(
+        self, turn: Turn, messages: list[Message], text: list[str]
+    ) -> AsyncIterator[StreamEvent]:
         assert self.cloud is not None
         pieces = 0
         prompt_tokens: int | None = None
         completion_tokens: int | None = None
         finish = "stop"
-        async for chunk in self.cloud.stream_chat(cloud_body(turn)):
+        async for chunk in self.cloud.stream_chat(cloud_body(turn, messages)):
             if chunk.text:
                 pieces += 1
                 text.append(chunk.text)
@@ -244,12 +281,24 @@ class Gateway:
             "cloud": None if self.cloud is None else self.cloud.health(),
         }
 
+    def forget(self, session_id: str) -> None:
+        """Drop any state the tiers hold for a session (the local KV cache)."""
+        self.local.forget(session_id)
 
-def cloud_body(turn: Turn) -> dict[str, Any]:
-    """The OpenAI request the cloud tier receives for a turn."""
+
+def cloud_body(turn: Turn, messages: Sequence[Message] | None = None) -> dict[str, Any]:
+    """The OpenAI request the cloud tier receives for a turn.
+
+    Messages come first, as ``{"role", "content"}`` in stored order with their text untouched,
+    so that consecutive turns of a conversation share a byte-identical prefix (which a server
+    with prefix caching, such as vLLM, reuses).
+    """
     p = turn.params
     body: dict[str, Any] = {
-        "messages": [dict(m) for m in turn.messages],
+        "messages": [
+            {"role": m["role"], "content": m["content"]}
+            for m in (turn.messages if messages is None else messages)
+        ],
         "max_tokens": p.max_tokens,
         "temperature": p.temperature,
         "top_p": p.top_p,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -17,12 +18,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tandem.api import ChatCompletionRequest, ResponseBuilder
 from tandem.errors import (
     InvalidRequestError,
+    NotFoundError,
     OverloadedError,
     PayloadTooLargeError,
     TandemError,
 )
 from tandem.events import Finish, TokenEvent
 from tandem.gateway import Gateway, GatewayEvent, RouteInfo
+from tandem.sessions.service import SessionService
+from tandem.sessions.store import check_session_id
 from tandem.settings import Settings
 
 log = logging.getLogger("tandem.server")
@@ -30,21 +34,27 @@ log = logging.getLogger("tandem.server")
 
 def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
     """The gateway app. Without ``gateway``, builds the engine and cloud client from settings."""
-    from tandem.assembly import build_gateway, gateway_lifespan
+    from tandem.assembly import build_gateway, build_sessions, gateway_lifespan
 
     gw = gateway or build_gateway(settings)
-    app = FastAPI(title="Tandem", version="0.1.0", lifespan=gateway_lifespan(gw, settings))
+    sessions = build_sessions(settings, gw)
+    app = FastAPI(
+        title="Tandem", version="0.1.0", lifespan=gateway_lifespan(gw, settings, sessions)
+    )
     app.state.gateway = gw
+    app.state.sessions = sessions
     app.state.settings = settings
     _add_error_handlers(app, gw)
-    _add_routes(app, gw, settings)
+    _add_routes(app, gw, settings, sessions)
     return app
 
 
 # -- routes -----------------------------------------------------------------------------------
 
 
-def _add_routes(app: FastAPI, gw: Gateway, settings: Settings) -> None:
+def _add_routes(
+    app: FastAPI, gw: Gateway, settings: Settings, sessions: SessionService | None
+) -> None:
     schema = {
         "content": {"application/json": {"schema": ChatCompletionRequest.model_json_schema()}}
     }
@@ -53,16 +63,46 @@ def _add_routes(app: FastAPI, gw: Gateway, settings: Settings) -> None:
     async def chat_completions(request: Request) -> Response:
         req = _parse(await _read_body(request, settings.max_body_bytes))
         turn = req.to_turn(settings.default_max_tokens, settings.max_tokens_limit)
+        session_id = _session_id(request.headers.get("x-session-id"), req.tandem.session_id)
         builder = ResponseBuilder(
             req.logprobs, bool(req.stream_options and req.stream_options.include_usage)
         )
-        events = gw.stream(turn)
-        route, head = await _until_first_output(events)
-        headers = {"X-Tandem-Route": route.tier.value, "X-Tandem-Reason": route.reason}
+        headers: dict[str, str] = {}
+        if session_id is None:
+            events = gw.stream(turn)
+        else:
+            events = _sessions(sessions).stream(session_id, turn)
+            headers["X-Session-Id"] = session_id
+        try:
+            route, head = await _until_first_output(events)
+        except BaseException:
+            await events.aclose()  # type: ignore[attr-defined]
+            raise
+        headers.update({"X-Tandem-Route": route.tier.value, "X-Tandem-Reason": route.reason})
         if req.stream:
             sse = _sse(builder, route, head, events, gw)
             return StreamingResponse(sse, media_type="text/event-stream", headers=headers)
         return JSONResponse(await _collect(builder, route, head, events), headers=headers)
+
+    @app.get("/v1/sessions")
+    async def list_sessions(limit: int = 100) -> dict[str, Any]:
+        store = _sessions(sessions).store
+        return {"object": "list", "data": await asyncio.to_thread(store.list, limit)}
+
+    @app.get("/v1/sessions/{session_id}")
+    async def get_session(session_id: str) -> dict[str, Any]:
+        store = _sessions(sessions).store
+        transcript = await asyncio.to_thread(store.transcript, check_session_id(session_id))
+        if transcript is None:
+            raise NotFoundError(f"No session {session_id!r}.", param="session_id")
+        return transcript
+
+    @app.delete("/v1/sessions/{session_id}")
+    async def delete_session(session_id: str) -> dict[str, Any]:
+        deleted = await _sessions(sessions).forget(check_session_id(session_id))
+        if not deleted:
+            raise NotFoundError(f"No session {session_id!r}.", param="session_id")
+        return {"id": session_id, "object": "tandem.session", "deleted": True}
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -78,6 +118,26 @@ def _add_routes(app: FastAPI, gw: Gateway, settings: Settings) -> None:
     @app.get("/metrics")
     async def metrics() -> Response:
         return Response(gw.metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+def _session_id(header: str | None, body: str | None) -> str | None:
+    if header and body and header != body:
+        raise InvalidRequestError(
+            "The X-Session-Id header and tandem.session_id name different sessions; send one.",
+            param="tandem.session_id",
+        )
+    session_id = header or body
+    return None if session_id is None else check_session_id(session_id)
+
+
+def _sessions(sessions: SessionService | None) -> SessionService:
+    if sessions is None:
+        raise InvalidRequestError(
+            "Sessions are disabled on this gateway (TANDEM_SESSIONS=false); send the whole "
+            "conversation in messages instead.",
+            code="sessions_disabled",
+        )
+    return sessions
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -144,13 +204,14 @@ async def _collect(
     events: AsyncIterator[GatewayEvent],
 ) -> dict[str, Any]:
     tokens: list[TokenEvent] = []
-    async for event in _replay(head, events):
-        if isinstance(event, RouteInfo):
-            route = event
-        elif isinstance(event, TokenEvent):
-            tokens.append(event)
-        else:
-            return builder.completion(route, tokens, event)
+    async with contextlib.aclosing(events):  # type: ignore[type-var]
+        async for event in _replay(head, events):
+            if isinstance(event, RouteInfo):
+                route = event
+            elif isinstance(event, TokenEvent):
+                tokens.append(event)
+            else:
+                return builder.completion(route, tokens, event)
     raise TandemError("The answering tier ended without finishing the response.")
 
 

@@ -51,6 +51,15 @@ class Settings(BaseSettings):
     max_tokens_limit: int = Field(4096, ge=1, description="Largest max_tokens a request may ask")
     default_max_tokens: int = Field(256, ge=1)
 
+    # Sessions
+    sessions: bool = Field(True, description="Keep server-side sessions (X-Session-Id)")
+    sessions_db: Path | None = Field(
+        None, description="SQLite file for sessions (default: the user's data directory)"
+    )
+    session_state_mib: float = Field(
+        256.0, ge=0, description="Memory for KV-cache snapshots of idle sessions (0: none)"
+    )
+
     # Cloud tier
     cloud_url: str | None = Field(None, description="OpenAI-compatible base URL, e.g. .../v1")
     cloud_api_key: SecretStr | None = None
@@ -83,6 +92,12 @@ class Settings(BaseSettings):
             env_settings,
             TomlConfigSettingsSource(settings_cls, toml_file=toml_path),
         )
+
+
+def default_sessions_db() -> Path:
+    from platformdirs import user_data_path
+
+    return user_data_path("tandem") / "sessions.db"
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -8,6 +8,7 @@ the ``Authorization`` header: it is scrubbed from every message, log line and re
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
@@ -162,7 +163,9 @@ class CloudClient:
         url = f"{self.base_url}/chat/completions"
         started = self._clock()
         with self._mapped_errors():
-            request = self._http.build_request("POST", url, json=body, headers=self._headers())
+            request = self._http.build_request(
+                "POST", url, content=canonical_json(body), headers=self._headers()
+            )
             response = await self._http.send(request, stream=True)
             try:
                 self._record_rtt(self._clock() - started)
@@ -255,9 +258,10 @@ class CloudClient:
     # --- errors and secrets ----------------------------------------------------------------
 
     def _headers(self) -> dict[str, str]:
-        if self._api_key is None:
-            return {}
-        return {"Authorization": f"Bearer {self._api_key.get_secret_value()}"}
+        headers = {"Content-Type": "application/json"}
+        if self._api_key is not None:
+            headers["Authorization"] = f"Bearer {self._api_key.get_secret_value()}"
+        return headers
 
     def _redact(self, text: str) -> str:
         if self._api_key is not None:
@@ -333,3 +337,9 @@ def _error_detail(response: httpx.Response) -> str:
         if error is not None:
             return str(error)[:300]
     return str(payload)[:300]
+
+
+def canonical_json(body: dict[str, Any]) -> bytes:
+    """One fixed serialization (key order as built, compact, UTF-8), so that requests of one
+    conversation share a byte-identical prefix."""
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")

@@ -4,6 +4,8 @@ Requests queue for the worker (bounded: a full queue is an ``OverloadedError``, 
 The model loads in the background; after ``keep_alive_s`` idle seconds it is unloaded and the
 next request loads it again. Consecutive prompts reuse the longest common KV-cache prefix
 (``Llama.generate`` does the matching), so a follow-up turn prefills only its new tokens.
+Requests that name a session switch the context to that session's KV snapshot first
+(``SessionCache``), so interleaved conversations do not re-prefill their histories.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 from tandem.errors import ContextLengthError, ModelLoadError, OverloadedError, TandemError
 from tandem.events import GenerationParams, StreamEvent
 from tandem.local.chat import Message, PromptRenderer, RenderedPrompt
+from tandem.local.kvstate import SessionCache
 from tandem.local.logits import LogitReader
 from tandem.local.memory import check_budget, ggml_kv_type, needs_flash_attn, plan_memory
 from tandem.settings import Settings
@@ -42,6 +45,7 @@ class _Job:
     params: GenerationParams
     assistant_prefix: str
     sink: Sink  # receives events, then an exception or None as the end marker
+    session: str | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
 
 
@@ -62,6 +66,7 @@ class LocalEngine:
         self.load_time_s: float | None = None
         self.last_error: str | None = None
         self.busy = False
+        self.sessions = SessionCache(int(settings.session_state_mib * 2**20))
 
     @property
     def n_ctx(self) -> int:
@@ -113,19 +118,24 @@ class LocalEngine:
             return None
         return len(_tokenize(llm, renderer.render(messages)))
 
+    def forget(self, session: str) -> None:
+        """Drop the session's KV snapshot (and clear the live cache if it holds it)."""
+        self.sessions.forget(session)
+
     def submit(
         self,
         messages: Sequence[Message],
         params: GenerationParams,
         sink: Sink,
         assistant_prefix: str = "",
+        session: str | None = None,
     ) -> threading.Event:
         """Queue a generation; events go to ``sink``. Returns the job's cancel flag."""
         if self.state == EngineState.FAILED:
             raise ModelLoadError(f"The local model failed to load: {self.last_error}")
         if self._thread is None:
             self.start()
-        job = _Job(messages, params, assistant_prefix, sink)
+        job = _Job(messages, params, assistant_prefix, sink, session)
         try:
             self._queue.put_nowait(job)
         except queue.Full:
@@ -136,7 +146,11 @@ class LocalEngine:
         return job.cancelled
 
     async def stream(
-        self, messages: Sequence[Message], params: GenerationParams, assistant_prefix: str = ""
+        self,
+        messages: Sequence[Message],
+        params: GenerationParams,
+        assistant_prefix: str = "",
+        session: str | None = None,
     ) -> AsyncIterator[StreamEvent]:
         """Stream a generation; closing the iterator early cancels it."""
         loop = asyncio.get_running_loop()
@@ -145,7 +159,7 @@ class LocalEngine:
         def sink(item: StreamEvent | BaseException | None) -> None:
             loop.call_soon_threadsafe(events.put_nowait, item)
 
-        cancelled = self.submit(messages, params, sink, assistant_prefix)
+        cancelled = self.submit(messages, params, sink, assistant_prefix, session)
         try:
             while (item := await events.get()) is not None:
                 if isinstance(item, BaseException):
@@ -155,11 +169,15 @@ class LocalEngine:
             cancelled.set()
 
     def stream_sync(
-        self, messages: Sequence[Message], params: GenerationParams, assistant_prefix: str = ""
+        self,
+        messages: Sequence[Message],
+        params: GenerationParams,
+        assistant_prefix: str = "",
+        session: str | None = None,
     ) -> Iterator[StreamEvent]:
         """The same stream for synchronous callers (benchmarks, scripts)."""
         events: queue.SimpleQueue[StreamEvent | BaseException | None] = queue.SimpleQueue()
-        cancelled = self.submit(messages, params, events.put, assistant_prefix)
+        cancelled = self.submit(messages, params, events.put, assistant_prefix, session)
         try:
             while (item := events.get()) is not None:
                 if isinstance(item, BaseException):
@@ -243,6 +261,7 @@ class LocalEngine:
         self._generate(_Job([{"role": "user", "content": "Hi"}], params, "", lambda _: None))
 
     def _unload(self) -> None:
+        self.sessions.clear()
         if self._llm is not None:
             self._llm.close()
         self._llm = self._renderer = self._logits = None
@@ -253,6 +272,7 @@ class LocalEngine:
         from tandem.local.decode import run_generation
 
         assert self._llm is not None and self._renderer is not None and self._logits is not None
+        self.sessions.switch(self._llm, job.session)
         prompt = self._renderer.render(job.messages, job.assistant_prefix)
         tokens = _tokenize(self._llm, prompt)
         if len(tokens) >= self.n_ctx:

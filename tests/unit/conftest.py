@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -30,8 +31,14 @@ def cloud_switch() -> CloudSwitch:
 
 
 @pytest.fixture
-def settings() -> Settings:
-    return Settings(_env_file=None, max_body_bytes=4096, max_tokens_limit=100, cloud_n_ctx=128)
+def settings(tmp_path: Path) -> Settings:
+    return Settings(
+        _env_file=None,
+        max_body_bytes=4096,
+        max_tokens_limit=100,
+        cloud_n_ctx=128,
+        sessions_db=tmp_path / "sessions.db",
+    )
 
 
 @pytest.fixture

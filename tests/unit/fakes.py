@@ -6,6 +6,7 @@ import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
+import anyio
 import httpx
 
 from tandem.errors import TandemError
@@ -14,7 +15,10 @@ from tandem.local.chat import Message
 
 
 class FakeEngine:
-    """Replays ``tokens`` for every request; counts prompt tokens as whitespace words."""
+    """Replays ``tokens`` for every request; counts prompt tokens as whitespace words.
+
+    ``error`` makes requests fail (at once, or after ``fail_after`` tokens).
+    """
 
     model_name = "fake-local"
 
@@ -24,7 +28,11 @@ class FakeEngine:
         self.state = "ready"
         self.queue_depth = 0
         self.error: TandemError | None = None
+        self.fail_after: int | None = None  # with ``error``: raise after this many tokens
+        self.delay_s = 0.0  # pause before each token
         self.calls: list[tuple[list[Message], GenerationParams, str]] = []
+        self.sessions: list[str | None] = []
+        self.forgotten: list[str] = []
 
     @property
     def n_ctx(self) -> int:
@@ -36,16 +44,28 @@ class FakeEngine:
         return sum(len(m["content"].split()) for m in messages)
 
     async def stream(
-        self, messages: Sequence[Message], params: GenerationParams, assistant_prefix: str = ""
+        self,
+        messages: Sequence[Message],
+        params: GenerationParams,
+        assistant_prefix: str = "",
+        session: str | None = None,
     ) -> AsyncIterator[StreamEvent]:
         self.calls.append((list(messages), params, assistant_prefix))
-        if self.error is not None:
+        self.sessions.append(session)
+        if self.error is not None and self.fail_after is None:
             raise self.error
         emitted = self.tokens[: params.max_tokens]
         for i, text in enumerate(emitted):
+            if self.error is not None and i == self.fail_after:
+                raise self.error
+            if self.delay_s:
+                await anyio.sleep(self.delay_s)
             yield TokenEvent(text=text, logprob=-0.1 * (i + 1), token=text)
         reason = "length" if len(emitted) < len(self.tokens) else "stop"
         yield Finish(reason, self.count_tokens(messages), len(emitted), prefill_tokens=0)
+
+    def forget(self, session: str) -> None:
+        self.forgotten.append(session)
 
     def health(self) -> dict[str, Any]:
         return {"state": self.state, "model": self.model_name}

@@ -1,0 +1,136 @@
+"""Session turns: load the history, answer with the whole context, commit when complete.
+
+Requests on one session are serialized (an asyncio lock per session id). The exchange is written
+to the store when the answer's ``Finish`` arrives and before it is passed on, so a client never
+sees the end of an answer that is not durable. An answer cut short (client gone, tier failed
+with no fallback) is recorded as ``interrupted`` and stays out of later context; a request that
+produced nothing leaves the session untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
+
+from tandem.events import Finish, TokenEvent
+from tandem.gateway import Gateway, GatewayEvent, RouteInfo, Turn
+from tandem.local.chat import Message
+from tandem.sessions.store import Answer, SessionStore, Status
+
+log = logging.getLogger("tandem.sessions")
+
+
+def new_messages(history: Sequence[Message], incoming: Sequence[Message]) -> list[Message]:
+    """What a request adds to the history.
+
+    Clients send only the new messages; a client that re-sends the whole transcript verbatim
+    (as stateless OpenAI clients do) is recognised, and only its new tail is appended.
+    """
+    n = len(history)
+    if n and len(incoming) > n and list(incoming[:n]) == list(history):
+        return list(incoming[n:])
+    return list(incoming)
+
+
+class SessionService:
+    """Runs session turns through a gateway and keeps the store in step."""
+
+    def __init__(self, store: SessionStore, gateway: Gateway):
+        self.store = store
+        self.gateway = gateway
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    async def stream(self, session_id: str, turn: Turn) -> AsyncIterator[GatewayEvent]:
+        async with self._session_lock(session_id):
+            context = await asyncio.to_thread(self.store.context, session_id)
+            added = new_messages(context.messages, turn.messages)
+            full = replace(
+                turn,
+                messages=[*context.messages, *added],
+                session_id=session_id,
+                context_starts=context.starts,
+            )
+            starts = dict(context.starts)
+            route: RouteInfo | None = None
+            text: list[str] = []
+            committed = False
+            try:
+                async for event in self.gateway.stream(full):
+                    if isinstance(event, RouteInfo):
+                        route = event
+                        starts[event.tier.value] = event.start
+                    elif isinstance(event, TokenEvent):
+                        text.append(event.text)
+                    else:
+                        assert route is not None
+                        answer = _answer(route, "".join(text), "complete", event)
+                        await asyncio.to_thread(
+                            self.store.append, session_id, added, answer, starts
+                        )
+                        committed = True
+                    yield event
+            finally:
+                if not committed and route is not None and text:
+                    # Blocking on purpose: this also runs when the task is being cancelled.
+                    self._record_interrupted(session_id, added, route, "".join(text))
+
+    def _record_interrupted(
+        self, session_id: str, added: list[Message], route: RouteInfo, text: str
+    ) -> None:
+        try:
+            self.store.append(session_id, added, _answer(route, text, "interrupted", None))
+        except Exception:
+            log.exception("could not record the interrupted answer of session %s", session_id)
+
+    async def forget(self, session_id: str) -> bool:
+        async with self._session_lock(session_id):
+            self.gateway.forget(session_id)
+            return await asyncio.to_thread(self.store.delete, session_id)
+
+    def _session_lock(self, session_id: str) -> _SessionLock:
+        return _SessionLock(self._locks, session_id)
+
+
+class _SessionLock:
+    """An asyncio lock per session id, dropped from the table when nobody holds or waits."""
+
+    def __init__(self, table: dict[str, tuple[asyncio.Lock, int]], key: str):
+        self._table = table
+        self._key = key
+
+    async def __aenter__(self) -> None:
+        lock, users = self._table.get(self._key, (asyncio.Lock(), 0))
+        self._table[self._key] = (lock, users + 1)
+        try:
+            await lock.acquire()
+        except BaseException:
+            self._release_slot()
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._table[self._key][0].release()
+        self._release_slot()
+
+    def _release_slot(self) -> None:
+        lock, users = self._table[self._key]
+        if users <= 1:
+            del self._table[self._key]
+        else:
+            self._table[self._key] = (lock, users - 1)
+
+
+def _answer(route: RouteInfo, text: str, status: Status, finish: Finish | None) -> Answer:
+    return Answer(
+        content=text,
+        status=status,
+        tier=route.tier.value,
+        model=route.model,
+        reason=route.reason,
+        prompt_tokens=None if finish is None else finish.prompt_tokens,
+        completion_tokens=None if finish is None else finish.completion_tokens,
+        prefill_tokens=None if finish is None else finish.prefill_tokens,
+        timings={} if finish is None else finish.timings,
+        context={"start": route.start, "dropped": route.dropped},
+    )

@@ -1,0 +1,336 @@
+"""Durable conversation state: the ``SessionStore`` interface and its SQLite implementation.
+
+A session is an ordered list of messages. Messages are written one exchange at a time (the new
+user/system messages together with the answer), in one transaction, and only once the answer is
+complete; an answer cut short is written with status ``interrupted`` and is kept out of the
+context the models see. WAL mode with ``synchronous=FULL`` makes every acknowledged exchange
+survive a crash of the process (and of the machine).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from tandem.errors import InvalidRequestError, TandemError
+from tandem.local.chat import Message
+
+Status = Literal["complete", "interrupted"]
+SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+APPLICATION_ID = 0x54414E44  # "TAND": marks a file as a Tandem session database
+
+
+class SessionStoreError(TandemError):
+    """The session database cannot be opened or used."""
+
+    code = "session_store_error"
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The assistant message that closes an exchange, with how it was produced."""
+
+    content: str
+    status: Status
+    tier: str
+    model: str
+    reason: str
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    prefill_tokens: int | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    context: dict[str, int] = field(default_factory=dict)  # first kept message, dropped count
+
+
+@dataclass(frozen=True)
+class SessionContext:
+    """What the models see of a session: its complete messages, and where each tier's window
+    started last time (the index of the first kept message), so fitting keeps a stable prefix."""
+
+    messages: list[Message]
+    starts: dict[str, int]
+
+
+class SessionStore(Protocol):
+    """Where sessions live. SQLite is the implementation; a server database could be another."""
+
+    def context(self, session_id: str) -> SessionContext: ...
+
+    def append(
+        self,
+        session_id: str,
+        messages: Sequence[Message],
+        answer: Answer,
+        starts: dict[str, int] | None = None,
+    ) -> None: ...
+
+    def transcript(self, session_id: str) -> dict[str, Any] | None: ...
+
+    def delete(self, session_id: str) -> bool: ...
+
+    def list(self, limit: int = 100) -> list[dict[str, Any]]: ...
+
+    def close(self) -> None: ...
+
+
+def check_session_id(session_id: str) -> str:
+    if not SESSION_ID.match(session_id):
+        raise InvalidRequestError(
+            "A session id is 1–128 characters of letters, digits, '_', '.', ':' or '-', "
+            f"starting with a letter or digit; got {session_id[:40]!r}.",
+            param="session_id",
+        )
+    return session_id
+
+
+# Each entry upgrades the schema by one version (PRAGMA user_version). Never edit a shipped
+# entry: append a new one.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE sessions (
+        id          TEXT PRIMARY KEY,
+        created_at  REAL NOT NULL,
+        updated_at  REAL NOT NULL,
+        local_start INTEGER NOT NULL DEFAULT 0,
+        cloud_start INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE messages (
+        session_id        TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+        seq               INTEGER NOT NULL,
+        exchange          INTEGER NOT NULL,
+        role              TEXT NOT NULL CHECK (role IN ('system', 'user', 'assistant')),
+        content           TEXT NOT NULL,
+        status            TEXT NOT NULL CHECK (status IN ('complete', 'interrupted')),
+        tier              TEXT,
+        model             TEXT,
+        reason            TEXT,
+        prompt_tokens     INTEGER,
+        completion_tokens INTEGER,
+        prefill_tokens    INTEGER,
+        timings           TEXT,
+        context           TEXT,
+        created_at        REAL NOT NULL,
+        PRIMARY KEY (session_id, seq)
+    ) WITHOUT ROWID;
+    CREATE INDEX sessions_by_update ON sessions(updated_at);
+    """,
+)
+
+
+class SqliteSessionStore:
+    """Sessions in one SQLite file. Thread-safe (one connection behind a lock)."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._db = self._open()
+
+    def _open(self) -> sqlite3.Connection:
+        if str(self.path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            db.execute("PRAGMA foreign_keys = ON")
+            db.execute("PRAGMA busy_timeout = 5000")
+            self._migrate(db)
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = FULL")
+            (ok,) = db.execute("PRAGMA quick_check").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise SessionStoreError(
+                f"{self.path} is not a usable session database ({exc}). Move it away or point "
+                "TANDEM_SESSIONS_DB at another file."
+            ) from None
+        if ok != "ok":
+            raise SessionStoreError(
+                f"{self.path} failed SQLite's integrity check ({ok}). Move it away or point "
+                "TANDEM_SESSIONS_DB at another file."
+            )
+        return db
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        (app_id,) = db.execute("PRAGMA application_id").fetchone()
+        (version,) = db.execute("PRAGMA user_version").fetchone()
+        tables = db.execute("SELECT count(*) FROM sqlite_master WHERE type='table'").fetchone()[0]
+        if app_id != APPLICATION_ID and (tables or version):
+            raise SessionStoreError(
+                f"{self.path} is an SQLite database of another application, not a Tandem "
+                "session store. Point TANDEM_SESSIONS_DB at another file."
+            )
+        if version > len(MIGRATIONS):
+            raise SessionStoreError(
+                f"{self.path} has schema version {version}, newer than this Tandem knows "
+                f"({len(MIGRATIONS)}). Upgrade Tandem or use another file."
+            )
+        for target in range(version + 1, len(MIGRATIONS) + 1):
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _statements(MIGRATIONS[target - 1]):
+                    db.execute(statement)
+                db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                db.execute(f"PRAGMA user_version = {target}")
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    @property
+    def schema_version(self) -> int:
+        with self._lock:
+            return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def context(self, session_id: str) -> SessionContext:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT role, content FROM messages WHERE session_id = ? AND status = 'complete' "
+                "ORDER BY seq",
+                (session_id,),
+            ).fetchall()
+            starts = self._db.execute(
+                "SELECT local_start, cloud_start FROM sessions WHERE id = ?", (session_id,)
+            ).fetchone()
+        messages: list[Message] = [{"role": role, "content": content} for role, content in rows]
+        local, cloud = starts or (0, 0)
+        return SessionContext(messages, {"local": local, "cloud": cloud})
+
+    def transcript(self, session_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            session = self._db.execute(
+                "SELECT created_at, updated_at FROM sessions WHERE id = ?", (session_id,)
+            ).fetchone()
+            if session is None:
+                return None
+            cursor = self._db.execute(
+                "SELECT * FROM messages WHERE session_id = ? ORDER BY seq", (session_id,)
+            )
+            names = [d[0] for d in cursor.description]
+            rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+        return {
+            "id": session_id,
+            "object": "tandem.session",
+            "created_at": session[0],
+            "updated_at": session[1],
+            "messages": [_message_view(row) for row in rows],
+        }
+
+    def list(self, limit: int = 100) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT s.id, s.created_at, s.updated_at, count(m.seq) FROM sessions s "
+                "LEFT JOIN messages m ON m.session_id = s.id GROUP BY s.id "
+                "ORDER BY s.updated_at DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [
+            {"id": r[0], "created_at": r[1], "updated_at": r[2], "messages": r[3]} for r in rows
+        ]
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def append(
+        self,
+        session_id: str,
+        messages: Sequence[Message],
+        answer: Answer,
+        starts: dict[str, int] | None = None,
+    ) -> None:
+        """Write one exchange (the new messages and the answer) atomically."""
+        now = time.time()
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute(
+                    "INSERT INTO sessions (id, created_at, updated_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT(id) DO UPDATE SET updated_at = excluded.updated_at",
+                    (session_id, now, now),
+                )
+                seq, exchange = db.execute(
+                    "SELECT coalesce(max(seq), -1) + 1, coalesce(max(exchange), -1) + 1 "
+                    "FROM messages WHERE session_id = ?",
+                    (session_id,),
+                ).fetchone()
+                status = answer.status
+                for m in messages:
+                    db.execute(
+                        "INSERT INTO messages (session_id, seq, exchange, role, content, status, "
+                        "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (session_id, seq, exchange, m["role"], m["content"], status, now),
+                    )
+                    seq += 1
+                db.execute(
+                    "INSERT INTO messages VALUES (?, ?, ?, 'assistant', ?, ?, ?, ?, ?, ?, ?, ?, "
+                    "?, ?, ?)",
+                    (
+                        session_id,
+                        seq,
+                        exchange,
+                        answer.content,
+                        status,
+                        answer.tier,
+                        answer.model,
+                        answer.reason,
+                        answer.prompt_tokens,
+                        answer.completion_tokens,
+                        answer.prefill_tokens,
+                        json.dumps(answer.timings),
+                        json.dumps(answer.context),
+                        now,
+                    ),
+                )
+                if starts:
+                    db.execute(
+                        "UPDATE sessions SET local_start = ?, cloud_start = ? WHERE id = ?",
+                        (starts.get("local", 0), starts.get("cloud", 0), session_id),
+                    )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    def delete(self, session_id: str) -> bool:
+        with self._lock:
+            cursor = self._db.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
+            return cursor.rowcount > 0
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def _statements(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]
+
+
+def _message_view(row: dict[str, Any]) -> dict[str, Any]:
+    view: dict[str, Any] = {
+        "seq": row["seq"],
+        "exchange": row["exchange"],
+        "role": row["role"],
+        "content": row["content"],
+        "status": row["status"],
+        "created_at": row["created_at"],
+    }
+    if row["role"] == "assistant":
+        view.update(
+            tier=row["tier"],
+            model=row["model"],
+            reason=row["reason"],
+            usage={
+                "prompt_tokens": row["prompt_tokens"],
+                "completion_tokens": row["completion_tokens"],
+                "prefill_tokens": row["prefill_tokens"],
+            },
+            timings=json.loads(row["timings"] or "{}"),
+            context=json.loads(row["context"] or "{}"),
+        )
+    return view
