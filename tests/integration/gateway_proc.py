@@ -9,6 +9,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -16,11 +17,22 @@ import httpx
 from tandem.net import free_port
 
 
+@dataclass
+class GatewayServer:
+    url: str  # the OpenAI base URL, http://127.0.0.1:PORT/v1
+    proc: subprocess.Popen[bytes]
+    sessions_db: Path
+    log: Path
+
+
 @contextmanager
-def gateway_process(cloud_url: str | None, **env: str) -> Iterator[str]:
-    """Start `python -m tandem serve` and yield its base URL once the local model is ready."""
+def gateway_server(cloud_url: str | None, **env: str) -> Iterator[GatewayServer]:
+    """Start `python -m tandem serve` (sessions in a fresh temporary database unless
+    TANDEM_SESSIONS_DB is given) and yield it once the local model is ready."""
     port = free_port()
-    log = Path(tempfile.mkdtemp()) / "gateway.log"
+    workdir = Path(tempfile.mkdtemp())
+    log = workdir / "gateway.log"
+    db = Path(env.get("TANDEM_SESSIONS_DB", workdir / "sessions.db"))
     cmd = [sys.executable, "-m", "tandem", "serve", "--port", str(port), "--no-standin"]
     if cloud_url:
         cmd += ["--cloud-url", cloud_url]
@@ -29,15 +41,23 @@ def gateway_process(cloud_url: str | None, **env: str) -> Iterator[str]:
             cmd,
             stdout=out,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "TANDEM_N_THREADS": "2", **env},
+            env={**os.environ, "TANDEM_N_THREADS": "2", "TANDEM_SESSIONS_DB": str(db), **env},
         )
     base = f"http://127.0.0.1:{port}"
     try:
         _wait_ready(base, proc, log)
-        yield f"{base}/v1"
+        yield GatewayServer(f"{base}/v1", proc, db, log)
     finally:
-        proc.terminate()
-        proc.wait(20)
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(20)
+
+
+@contextmanager
+def gateway_process(cloud_url: str | None, **env: str) -> Iterator[str]:
+    """Start `python -m tandem serve` and yield its base URL once the local model is ready."""
+    with gateway_server(cloud_url, **env) as server:
+        yield server.url
 
 
 def _wait_ready(base: str, proc: subprocess.Popen[bytes], log: Path) -> None:
