@@ -1,39 +1,65 @@
-"""``tandem chat``: a terminal conversation through the gateway, in process."""
+"""``tandem chat``: a terminal conversation through the gateway, in process, kept as a session.
+
+Every conversation is a server-side session in the same store ``tandem serve`` uses, so it can
+be resumed (``--session ID``) here or continued over HTTP with ``X-Session-Id``.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 from rich.console import Console
 
 from tandem.api import ChatCompletionRequest
-from tandem.assembly import build_gateway
+from tandem.assembly import build_gateway, build_sessions
 from tandem.errors import TandemError
 from tandem.events import Finish, TokenEvent
 from tandem.gateway import RouteInfo
-from tandem.local.chat import Message
+from tandem.sessions.service import SessionService
+from tandem.sessions.store import check_session_id
 from tandem.settings import Settings
 
+SHOWN_ON_RESUME = 6  # messages of a resumed session shown before the prompt
 
-async def run_repl(settings: Settings, route: str, console: Console) -> None:
+
+async def run_repl(
+    settings: Settings, route: str, console: Console, session_id: str | None = None
+) -> None:
     """Read user lines, stream each answer, and show the route and reason of the turn."""
-    gw = build_gateway(settings)
+    gw = build_gateway(settings.model_copy(update={"sessions": True}))
+    sessions = build_sessions(settings.model_copy(update={"sessions": True}), gw)
+    assert sessions is not None
+    session_id = check_session_id(session_id) if session_id else f"chat-{uuid.uuid4().hex[:12]}"
     start = getattr(gw.local, "start", None)
     if start is not None:
         start()
         # A person types slower than the model loads; waiting keeps the first turn local.
         await asyncio.to_thread(gw.local.wait_ready, 30.0)  # type: ignore[attr-defined]
-    history: list[Message] = []
-    console.print("[dim]Empty line or Ctrl-D to quit.[/dim]")
+    _show_history(sessions, session_id, console)
+    console.print(f"[dim]Session {session_id}. Empty line or Ctrl-D to quit.[/dim]")
     try:
         while line := _read(console):
-            history.append({"role": "user", "content": line})
-            answer = await _turn(gw, history, route, settings, console)
-            history.append({"role": "assistant", "content": answer})
+            await _turn(sessions, session_id, line, route, settings, console)
     finally:
         close = getattr(gw.local, "close", None)
         if close is not None:
             close()
+        sessions.store.close()
+    console.print(f"[dim]Resume with: tandem chat --session {session_id}[/dim]")
+
+
+def _show_history(sessions: SessionService, session_id: str, console: Console) -> None:
+    transcript = sessions.store.transcript(session_id)
+    if transcript is None:
+        return
+    messages = transcript["messages"]
+    console.print(f"[dim]Resuming {session_id} ({len(messages)} messages); the latest:[/dim]")
+    for m in messages[-SHOWN_ON_RESUME:]:
+        tier = f" ({m['tier']})" if m["role"] == "assistant" else ""
+        note = " [interrupted]" if m["status"] == "interrupted" else ""
+        console.print(f"[bold]{m['role']}{tier}{note}>[/bold] ", end="")
+        console.print(m["content"], markup=False, highlight=False)
 
 
 def _read(console: Console) -> str:
@@ -44,25 +70,25 @@ def _read(console: Console) -> str:
 
 
 async def _turn(
-    gw: object, history: list[Message], route: str, settings: Settings, console: Console
-) -> str:
-    from tandem.gateway import Gateway
-
-    assert isinstance(gw, Gateway)
+    sessions: SessionService,
+    session_id: str,
+    line: str,
+    route: str,
+    settings: Settings,
+    console: Console,
+) -> None:
     request = ChatCompletionRequest.model_validate(
-        {"messages": history, "tandem": {"route": route}}
+        {"messages": [{"role": "user", "content": line}], "tandem": {"route": route}}
     )
     turn = request.to_turn(settings.default_max_tokens, settings.max_tokens_limit)
-    text: list[str] = []
     try:
-        async for event in gw.stream(turn):
+        async for event in sessions.stream(session_id, turn):
             if isinstance(event, RouteInfo):
-                console.print(f"[dim]\\[{event.tier.value}: {event.reason}][/dim]")
+                dropped = f", {event.dropped} older messages left out" if event.dropped else ""
+                console.print(f"[dim]\\[{event.tier.value}: {event.reason}{dropped}][/dim]")
             elif isinstance(event, TokenEvent):
-                text.append(event.text)
                 console.print(event.text, end="", markup=False, highlight=False)
             elif isinstance(event, Finish):
                 console.print(f"\n[dim]({event.completion_tokens} tokens, {event.reason})[/dim]")
     except TandemError as exc:
         console.print(f"[red]error:[/red] {exc.message}")
-    return "".join(text)

@@ -94,13 +94,16 @@ def chat(
     cloud_url: CloudUrl = None,
     model: Model = None,
     max_tokens: Annotated[int | None, typer.Option(help="Tokens per answer")] = None,
+    session: Annotated[
+        str | None, typer.Option(help="Resume this session (default: start a new one)")
+    ] = None,
 ) -> None:
     """Chat in the terminal through the gateway; each turn shows its route and reason."""
     from tandem.chat_repl import run_repl
 
     base = load_settings(cloud_url=cloud_url, local_model=model, default_max_tokens=max_tokens)
     with _cloud_tier(base) as settings:
-        asyncio.run(run_repl(settings, route, console))
+        asyncio.run(run_repl(settings, route, console, session))
 
 
 @app.command("standin-cloud")
@@ -181,6 +184,22 @@ def plan(
     for key, value in result.items():
         shown = f"{value / 2**20:.1f} MiB" if key.endswith("_bytes") and value else value
         console.print(f"{key:>16}: {shown}")
+
+
+@bench_app.command("handoff")
+def bench_handoff(
+    quick: Annotated[bool, typer.Option(help="One short conversation, fewer sessions")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON result")] = False,
+    out: Annotated[Path, typer.Option(help="Where to write the JSON")] = Path(
+        "bench/results/handoff.json"
+    ),
+) -> None:
+    """Sessions across tiers: local prefill vs a naive gateway, and session-switch cost."""
+    from bench.handoff import run_handoff_bench
+
+    result = run_handoff_bench(load_settings(), quick=quick, out=out, console=console)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
 
 
 @bench_app.command("runtime")
