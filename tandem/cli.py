@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from tandem.settings import KvType, Settings, load_settings
+from tandem.settings import KvType, Settings, default_sessions_db, load_settings
 
 app = typer.Typer(help="Tandem: an on-device LLM gateway with a cloud tier.", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks (JSON results, baseline measured in the same run).")
@@ -36,6 +36,18 @@ def _cloud_tier(settings: Settings) -> Iterator[Settings]:
     console.print(f"[dim]Starting the stand-in cloud ({settings.standin_model})…[/dim]")
     with StandinCloud.from_settings(settings) as standin:
         yield settings.model_copy(update={"cloud_url": standin.base_url})
+
+
+@contextlib.contextmanager
+def _clear_errors() -> Iterator[None]:
+    """Report Tandem's own errors (bad settings, unusable files) as one line, not a traceback."""
+    from tandem.errors import TandemError
+
+    try:
+        yield
+    except TandemError as exc:
+        console.print(f"[red]error:[/red] {exc.message}", soft_wrap=True)
+        raise typer.Exit(1) from None
 
 
 @app.command()
@@ -62,9 +74,10 @@ def serve(
         n_ctx=n_ctx,
         standin=standin,
     )
-    with _cloud_tier(base) as settings:
+    with _clear_errors(), _cloud_tier(base) as settings:
+        app_ = create_app(settings)
         _print_banner(settings)
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+        uvicorn.run(app_, host=settings.host, port=settings.port, log_level="info")
 
 
 def _print_banner(s: Settings) -> None:
@@ -86,6 +99,13 @@ def _print_banner(s: Settings) -> None:
         f"Health: {url[:-3]}/healthz  Metrics: {url[:-3]}/metrics",
         soft_wrap=True,
     )
+    if s.sessions:
+        console.print(
+            "Keep a conversation server-side with the header X-Session-Id: <id> (send only "
+            f"the new messages); transcripts at {url}/sessions/<id>; stored in "
+            f"{s.sessions_db or default_sessions_db()}",
+            soft_wrap=True,
+        )
 
 
 @app.command()
@@ -102,7 +122,7 @@ def chat(
     from tandem.chat_repl import run_repl
 
     base = load_settings(cloud_url=cloud_url, local_model=model, default_max_tokens=max_tokens)
-    with _cloud_tier(base) as settings:
+    with _clear_errors(), _cloud_tier(base) as settings:
         asyncio.run(run_repl(settings, route, console, session))
 
 
