@@ -26,6 +26,11 @@ def build_gateway(settings: Settings) -> Gateway:
     if settings.cloud_url:
         cloud = CloudClient.from_settings(settings, settings.cloud_url)
     metrics = GatewayMetrics(queue_depth=lambda: engine.queue_depth)
+    metrics.watch(
+        "tandem_session_kv_bytes",
+        "Bytes of KV-cache snapshots held for idle sessions",
+        lambda: engine.sessions.used_bytes,
+    )
     return Gateway(engine, cloud, metrics, settings.cloud_n_ctx)
 
 

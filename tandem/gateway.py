@@ -241,6 +241,8 @@ class Gateway:
         budget = window - min(turn.params.max_tokens, window // 4)
         start = turn.context_starts.get(route.tier.value, 0)
         fitted = fit_messages(turn.messages, self._prompt_tokens, budget, start)
+        if fitted.dropped:
+            self.metrics.count_trimmed(route.tier.value, fitted.dropped)
         return fitted.messages, replace(route, start=fitted.start, dropped=fitted.dropped)
 
     async def _stream_local(

@@ -40,6 +40,12 @@ class GatewayMetrics:
             "tandem_fallbacks", "Turns moved to another tier", ["reason", "cause"], registry=r
         )
         self.errors = Counter("tandem_errors", "Failed requests", ["code"], registry=r)
+        self.trimmed = Counter(
+            "tandem_context_trimmed_messages",
+            "Older session messages left out to fit a tier's window",
+            ["route"],
+            registry=r,
+        )
         self.queue_depth = Gauge(
             "tandem_local_queue_depth", "Requests queued or running locally", registry=r
         )
@@ -58,6 +64,13 @@ class GatewayMetrics:
 
     def count_fallback(self, reason: str, cause: str) -> None:
         self.fallbacks.labels(reason, cause).inc()
+
+    def count_trimmed(self, route: str, messages: int) -> None:
+        self.trimmed.labels(route).inc(messages)
+
+    def watch(self, name: str, doc: str, read: Callable[[], float]) -> None:
+        """A gauge read when scraped (e.g. memory held by another component)."""
+        Gauge(name, doc, registry=self.registry).set_function(read)
 
     def count_error(self, code: str) -> None:
         self.errors.labels(code).inc()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -51,6 +52,7 @@ def gateway_server(cloud_url: str | None, **env: str) -> Iterator[GatewayServer]
         if proc.poll() is None:
             proc.terminate()
             proc.wait(20)
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @contextmanager

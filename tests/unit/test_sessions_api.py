@@ -212,6 +212,12 @@ def test_history_beyond_the_local_window_is_trimmed_and_recorded(
         assert last["context"]["dropped"] > 0
         assert last["context"]["dropped"] + len(sent) - 1 == 2 * 7
         assert last["reason"] == "cloud_not_configured"  # else the cloud would have answered
+        trimmed = next(
+            line
+            for line in api.get("/metrics").text.splitlines()
+            if line.startswith('tandem_context_trimmed_messages_total{route="local"}')
+        )
+        assert float(trimmed.split()[-1]) >= last["context"]["dropped"]  # summed over turns
 
 
 def test_concurrent_requests_on_one_session_are_serialized(
