@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -74,10 +75,17 @@ def serve(
         n_ctx=n_ctx,
         standin=standin,
     )
+    # uvicorn re-raises SIGTERM after its graceful shutdown; make that an exit that runs the
+    # cleanup below (stopping the stand-in cloud) instead of the default instant death.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     with _clear_errors(), _cloud_tier(base) as settings:
         app_ = create_app(settings)
         _print_banner(settings)
         uvicorn.run(app_, host=settings.host, port=settings.port, log_level="info")
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 def _print_banner(s: Settings) -> None:

@@ -165,6 +165,7 @@ class StandinCloud:
                 stderr=subprocess.STDOUT,
                 env=_child_env(),
                 start_new_session=True,  # own process group: stop() can signal all of it
+                preexec_fn=_die_with_parent,
             )
 
     def _wait_ready(self) -> None:
@@ -284,3 +285,14 @@ def _sigterm_as_exit() -> Callable[[], None]:
         signal.signal(signal.SIGTERM, previous)
 
     return restore
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to SIGTERM it when its parent dies, so a gateway
+    killed without cleanup (SIGKILL) leaves no orphan. Linux ties this to the spawning thread:
+    start the stand-in from a thread that lives as long as it should (the main thread)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
