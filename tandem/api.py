@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from tandem.events import Finish, GenerationParams, TokenEvent
 from tandem.gateway import RouteInfo, RoutePreference, Turn
 from tandem.local.chat import Message
+from tandem.privacy.policy import PrivacyMode
 
 Role = Literal["system", "developer", "user", "assistant"]
 
@@ -40,6 +41,7 @@ class TandemOptions(BaseModel):
     route: RoutePreference = RoutePreference.AUTO
     fallback: bool = True
     session_id: str | None = None  # keep the conversation server-side (as X-Session-Id does)
+    privacy: PrivacyMode | None = None  # local_only | redact | allow (default: the gateway's)
 
 
 class StreamOptions(BaseModel):
@@ -73,7 +75,9 @@ class ChatCompletionRequest(BaseModel):
             raise ValueError("messages must contain at least one message with role 'user'")
         return messages
 
-    def to_turn(self, default_max_tokens: int, max_tokens_limit: int) -> Turn:
+    def to_turn(
+        self, default_max_tokens: int, max_tokens_limit: int, default_privacy: str = "redact"
+    ) -> Turn:
         from tandem.errors import InvalidRequestError
 
         max_tokens = (
@@ -96,7 +100,14 @@ class ChatCompletionRequest(BaseModel):
             seed=self.seed,
             top_logprobs=(self.top_logprobs or 0) if self.logprobs else 0,
         )
-        return Turn(self.messages_for_model(), params, self.tandem.route, self.tandem.fallback)
+        return Turn(
+            self.messages_for_model(),
+            params,
+            self.tandem.route,
+            self.tandem.fallback,
+            privacy=PrivacyMode(self.tandem.privacy or default_privacy),
+            privacy_explicit=self.tandem.privacy is not None,
+        )
 
     def messages_for_model(self) -> list[Message]:
         # "developer" is OpenAI's newer name for "system"; chat templates know only the latter.

@@ -10,7 +10,9 @@ from typing import Any
 
 from tandem.gateway import Gateway
 from tandem.metrics import GatewayMetrics
+from tandem.privacy.policy import PrivacyGuard
 from tandem.sessions.service import SessionService
+from tandem.sessions.store import SqliteSessionStore
 from tandem.settings import Settings, default_sessions_db
 
 
@@ -31,21 +33,29 @@ def build_gateway(settings: Settings) -> Gateway:
         "Bytes of KV-cache snapshots held for idle sessions",
         lambda: engine.sessions.used_bytes,
     )
-    return Gateway(engine, cloud, metrics, settings.cloud_n_ctx)
+    privacy = PrivacyGuard(
+        settings.privacy_categories, settings.privacy_keep_local, settings.privacy_threshold
+    )
+    return Gateway(engine, cloud, metrics, settings.cloud_n_ctx, privacy)
 
 
-def build_sessions(settings: Settings, gw: Gateway) -> SessionService | None:
-    """The session service over the configured SQLite file (None when sessions are off)."""
-    from tandem.sessions.store import SqliteSessionStore
+def build_store(settings: Settings) -> SqliteSessionStore:
+    """The SQLite file that holds sessions and the audit of cloud calls."""
+    return SqliteSessionStore(settings.sessions_db or default_sessions_db())
 
-    if not settings.sessions:
-        return None
-    store = SqliteSessionStore(settings.sessions_db or default_sessions_db())
-    return SessionService(store, gw)
+
+def attach_store(
+    settings: Settings, gw: Gateway, store: SqliteSessionStore
+) -> SessionService | None:
+    """Audit the gateway's cloud calls into ``store``; the session service over it (None when
+    sessions are off)."""
+    if gw.audit is None:
+        gw.audit = store.record_audit
+    return SessionService(store, gw) if settings.sessions else None
 
 
 def gateway_lifespan(
-    gw: Gateway, settings: Settings, sessions: SessionService | None = None
+    gw: Gateway, settings: Settings, store: SqliteSessionStore | None = None
 ) -> Callable[[Any], AbstractAsyncContextManager[None]]:
     """Start the engine (loading in the background) and the cloud probes; stop them after."""
 
@@ -70,7 +80,7 @@ def gateway_lifespan(
             aclose = getattr(gw.cloud, "aclose", None)
             if aclose is not None:
                 await aclose()
-            if sessions is not None:
-                sessions.store.close()
+            if store is not None:
+                store.close()
 
     return lifespan

@@ -12,7 +12,7 @@ import uuid
 from rich.console import Console
 
 from tandem.api import ChatCompletionRequest
-from tandem.assembly import build_gateway, build_sessions
+from tandem.assembly import attach_store, build_gateway, build_store
 from tandem.errors import TandemError
 from tandem.events import Finish, TokenEvent
 from tandem.gateway import RouteInfo
@@ -27,8 +27,9 @@ async def run_repl(
     settings: Settings, route: str, console: Console, session_id: str | None = None
 ) -> None:
     """Read user lines, stream each answer, and show the route and reason of the turn."""
-    gw = build_gateway(settings.model_copy(update={"sessions": True}))
-    sessions = build_sessions(settings.model_copy(update={"sessions": True}), gw)
+    settings = settings.model_copy(update={"sessions": True})
+    gw = build_gateway(settings)
+    sessions = attach_store(settings, gw, build_store(settings))
     assert sessions is not None
     session_id = check_session_id(session_id) if session_id else f"chat-{uuid.uuid4().hex[:12]}"
     start = getattr(gw.local, "start", None)
@@ -80,7 +81,9 @@ async def _turn(
     request = ChatCompletionRequest.model_validate(
         {"messages": [{"role": "user", "content": line}], "tandem": {"route": route}}
     )
-    turn = request.to_turn(settings.default_max_tokens, settings.max_tokens_limit)
+    turn = request.to_turn(
+        settings.default_max_tokens, settings.max_tokens_limit, settings.privacy_default
+    )
     try:
         async for event in sessions.stream(session_id, turn):
             if isinstance(event, RouteInfo):

@@ -100,3 +100,15 @@ class CloudError(TandemError):
     status_code = 502
     error_type = "server_error"
     code = "cloud_error"
+
+
+class ConfigError(TandemError):
+    """The settings describe something that cannot work (or must not be allowed)."""
+
+    code = "config_error"
+
+
+class AuthenticationError(TandemError):
+    status_code = 401
+    error_type = "invalid_request_error"
+    code = "invalid_api_key"

@@ -7,8 +7,10 @@ whenever the answering tier changes (a failed cloud call continues locally), the
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any, Protocol
@@ -16,14 +18,21 @@ from typing import Any, Protocol
 from tandem.errors import (
     CloudError,
     ContextLengthError,
+    InvalidRequestError,
     ModelLoadError,
     OverloadedError,
+    TandemError,
     TierUnavailableError,
 )
 from tandem.events import Finish, GenerationParams, StreamEvent, TokenEvent
 from tandem.local.chat import Message
 from tandem.metrics import GatewayMetrics
+from tandem.privacy.policy import CloudShield, PrivacyGuard, PrivacyMode, digest
+from tandem.privacy.redact import Placeholders
 from tandem.sessions.fit import fit_messages
+
+log = logging.getLogger("tandem.gateway")
+AuditSink = Callable[[dict[str, Any]], None]
 
 # Characters per token used to estimate a prompt's size when no tokenizer is at hand.
 CHARS_PER_TOKEN = 3.0
@@ -63,6 +72,9 @@ class Turn:
     # Set for session turns: the history is trimmed to each tier's window (starting no earlier
     # than these message indexes) instead of failing when it is too long.
     context_starts: Mapping[str, int] | None = None
+    privacy: PrivacyMode = PrivacyMode.REDACT
+    privacy_explicit: bool = False  # asked for by the request (not the gateway's default)
+    placeholders: Placeholders | None = None  # a session's table; a fresh one per turn if None
 
 
 GatewayEvent = RouteInfo | StreamEvent
@@ -101,7 +113,9 @@ class CloudTier(Protocol):
     @property
     def available(self) -> bool: ...
 
-    def stream_chat(self, body: dict[str, Any]) -> AsyncIterator[Any]: ...
+    def stream_chat(
+        self, body: dict[str, Any], on_send: Callable[[bytes], None] | None = None
+    ) -> AsyncIterator[Any]: ...
 
     def health(self) -> dict[str, Any]: ...
 
@@ -115,11 +129,15 @@ class Gateway:
         cloud: CloudTier | None,
         metrics: GatewayMetrics,
         cloud_n_ctx: int,
+        privacy: PrivacyGuard | None = None,
+        audit: AuditSink | None = None,
     ):
         self.local = local
         self.cloud = cloud
         self.metrics = metrics
         self._cloud_n_ctx = cloud_n_ctx
+        self.privacy = privacy or PrivacyGuard()
+        self.audit = audit  # records every cloud call (never its text)
 
     # -- decision --------------------------------------------------------------------------
 
@@ -130,6 +148,8 @@ class Gateway:
         fits_cloud = prompt_tokens < self._cloud_n_ctx
         cloud_up = self.cloud is not None and self.cloud.available
         trims = turn.context_starts is not None
+        if turn.privacy == PrivacyMode.LOCAL_ONLY:
+            return self._local_only(turn, fits_local or trims, prompt_tokens)
         if not fits_local and not (fits_cloud and self.cloud is not None) and not trims:
             raise ContextLengthError(
                 f"The prompt is about {prompt_tokens} tokens; the local context window is "
@@ -154,6 +174,23 @@ class Gateway:
         if self.local.state != "ready" and cloud_up:
             return self._cloud(f"local_{self.local.state}")
         return self._local("default_local")
+
+    def _local_only(self, turn: Turn, fits: bool, prompt_tokens: int) -> RouteInfo:
+        if turn.route == RoutePreference.CLOUD:
+            raise InvalidRequestError(
+                "tandem.route is 'cloud' but tandem.privacy is 'local_only' (for this request or "
+                "its session); drop one of them.",
+                param="tandem.route",
+            )
+        if not fits:
+            raise ContextLengthError(
+                f"The prompt is about {prompt_tokens} tokens and the local context window is "
+                f"{self.local.n_ctx}; privacy 'local_only' forbids the cloud. Shorten the "
+                "conversation, use a session (it trims old turns), or raise TANDEM_N_CTX.",
+                param="messages",
+            )
+        reason = "requested_local" if turn.route == RoutePreference.LOCAL else "privacy_local_only"
+        return self._local(reason)
 
     def _prompt_tokens(self, messages: Sequence[Message]) -> int:
         counted = self.local.count_tokens(messages)
@@ -199,13 +236,18 @@ class Gateway:
         self, turn: Turn, route: RouteInfo, text: list[str]
     ) -> AsyncIterator[GatewayEvent]:
         messages, route = self._fit(turn, route)
+        shield = None
+        if route.tier == Tier.CLOUD:
+            shield = self._shield(turn, messages)
+            if shield is None:  # content the policy keeps on the device
+                messages, route = self._fit(turn, self._local("privacy_keep_local"))
         yield route
-        if route.tier == Tier.LOCAL:
+        if shield is None:
             async for event in self._local_or_escalate(turn, messages, text):
                 yield event
             return
         try:
-            async for event in self._stream_cloud(turn, messages, text):
+            async for event in self._stream_cloud(turn, shield, text):
                 yield event
         except CloudError as exc:
             reason = "cloud_failed" if not text else "cloud_failed_midstream"
@@ -228,9 +270,24 @@ class Gateway:
                 raise
             reason = "local_overloaded" if isinstance(exc, OverloadedError) else "local_failed"
             messages, info = self._fit(turn, self._cloud(reason))
+            shield = self._shield(turn, messages)
+            if shield is None:
+                raise
             yield info
-            async for event in self._stream_cloud(turn, messages, text):
+            async for event in self._stream_cloud(turn, shield, text):
                 yield event
+
+    def _shield(self, turn: Turn, messages: list[Message]) -> CloudShield | None:
+        """The cloud-bound form of the messages, or None when they must stay local."""
+        if turn.privacy == PrivacyMode.LOCAL_ONLY:
+            return None
+        started = time.perf_counter()
+        table = turn.placeholders if turn.placeholders is not None else Placeholders()
+        shield = self.privacy.shield(messages, turn.privacy, table)
+        self.metrics.observe_privacy(
+            "keep_local" if shield is None else turn.privacy.value, started
+        )
+        return shield
 
     def _fit(self, turn: Turn, route: RouteInfo) -> tuple[list[Message], RouteInfo]:
         """The messages the route's tier receives: a session's history trimmed to its window."""
@@ -255,21 +312,39 @@ class Gateway:
             yield event
 
     async def _stream_cloud(
-        self, turn: Turn, messages: list[Message], text: list[str]
+        self, turn: Turn, shield: CloudShield, text: list[str]
     ) -> AsyncIterator[StreamEvent]:
         assert self.cloud is not None
         pieces = 0
         prompt_tokens: int | None = None
         completion_tokens: int | None = None
         finish = "stop"
-        async for chunk in self.cloud.stream_chat(cloud_body(turn, messages)):
-            if chunk.text:
-                pieces += 1
-                text.append(chunk.text)
-                yield TokenEvent(text=chunk.text)
-            prompt_tokens = chunk.prompt_tokens or prompt_tokens
-            completion_tokens = chunk.completion_tokens or completion_tokens
-            finish = chunk.finish_reason or finish
+        sent: list[bytes] = []
+        outcome = "incomplete"
+        try:
+            async for chunk in self.cloud.stream_chat(
+                cloud_body(turn, shield.messages), sent.append
+            ):
+                if chunk.text:
+                    pieces += 1
+                    restored = shield.restore(chunk.text)
+                    if restored:
+                        text.append(restored)
+                        yield TokenEvent(text=restored)
+                prompt_tokens = chunk.prompt_tokens or prompt_tokens
+                completion_tokens = chunk.completion_tokens or completion_tokens
+                finish = chunk.finish_reason or finish
+            outcome = "ok"
+        except TandemError as exc:
+            outcome = f"error:{exc.code}"
+            raise
+        finally:
+            if sent:
+                await self._record_cloud_call(turn, shield, sent[0], outcome)
+        tail = shield.flush()
+        if tail:
+            text.append(tail)
+            yield TokenEvent(text=tail)
         yield Finish(
             reason="length" if finish == "length" else "stop",
             prompt_tokens=prompt_tokens,
@@ -282,6 +357,28 @@ class Gateway:
             "local": self.local.health(),
             "cloud": None if self.cloud is None else self.cloud.health(),
         }
+
+    async def _record_cloud_call(
+        self, turn: Turn, shield: CloudShield, body: bytes, outcome: str
+    ) -> None:
+        if self.audit is None:
+            return
+        assert self.cloud is not None
+        record = {
+            "at": time.time(),
+            "session_id": turn.session_id,
+            "endpoint": getattr(self.cloud, "base_url", "cloud"),
+            "model": self.cloud.model,
+            "mode": shield.mode.value,
+            "redacted": shield.counts,
+            "body_sha256": digest(body),
+            "body_bytes": len(body),
+            "outcome": outcome,
+        }
+        try:
+            await asyncio.to_thread(self.audit, record)
+        except Exception:
+            log.exception("could not write the audit record of a cloud call")
 
     def forget(self, session_id: str) -> None:
         """Drop any state the tiers hold for a session (the local KV cache)."""

@@ -40,6 +40,13 @@ class GatewayMetrics:
             "tandem_fallbacks", "Turns moved to another tier", ["reason", "cause"], registry=r
         )
         self.errors = Counter("tandem_errors", "Failed requests", ["code"], registry=r)
+        self.privacy = Histogram(
+            "tandem_privacy_check_seconds",
+            "Time to scan and redact a cloud-bound request, by outcome",
+            ["outcome"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
+            registry=r,
+        )
         self.trimmed = Counter(
             "tandem_context_trimmed_messages",
             "Older session messages left out to fit a tier's window",
@@ -64,6 +71,9 @@ class GatewayMetrics:
 
     def count_fallback(self, reason: str, cause: str) -> None:
         self.fallbacks.labels(reason, cause).inc()
+
+    def observe_privacy(self, outcome: str, started: float) -> None:
+        self.privacy.labels(outcome).observe(time.perf_counter() - started)
 
     def count_trimmed(self, route: str, messages: int) -> None:
         self.trimmed.labels(route).inc(messages)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
+import ipaddress
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -11,12 +13,15 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tandem.api import ChatCompletionRequest, ResponseBuilder
 from tandem.errors import (
+    AuthenticationError,
+    ConfigError,
     InvalidRequestError,
     NotFoundError,
     OverloadedError,
@@ -34,19 +39,73 @@ log = logging.getLogger("tandem.server")
 
 def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
     """The gateway app. Without ``gateway``, builds the engine and cloud client from settings."""
-    from tandem.assembly import build_gateway, build_sessions, gateway_lifespan
+    from tandem.assembly import attach_store, build_gateway, build_store, gateway_lifespan
 
+    check_exposure(settings)
     gw = gateway or build_gateway(settings)
-    sessions = build_sessions(settings, gw)
-    app = FastAPI(
-        title="Tandem", version="0.1.0", lifespan=gateway_lifespan(gw, settings, sessions)
-    )
+    store = build_store(settings)
+    sessions = attach_store(settings, gw, store)
+    app = FastAPI(title="Tandem", version="0.1.0", lifespan=gateway_lifespan(gw, settings, store))
     app.state.gateway = gw
     app.state.sessions = sessions
     app.state.settings = settings
     _add_error_handlers(app, gw)
+    _add_security(app, settings)
     _add_routes(app, gw, settings, sessions)
     return app
+
+
+def check_exposure(settings: Settings) -> None:
+    """Refuse to listen beyond this machine without an API key."""
+    if not _is_loopback(settings.host) and settings.api_key is None:
+        raise ConfigError(
+            f"Binding {settings.host} exposes the gateway to the network; set TANDEM_API_KEY "
+            "(clients then send 'Authorization: Bearer <key>') or bind 127.0.0.1."
+        )
+    if settings.api_key is not None and len(settings.api_key.get_secret_value()) < 16:
+        raise ConfigError("TANDEM_API_KEY is shorter than 16 characters; use a longer secret.")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+# -- security ---------------------------------------------------------------------------------
+
+OPEN_PATHS = frozenset({"/healthz"})  # liveness probes need no key
+
+
+def _add_security(app: FastAPI, settings: Settings) -> None:
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "X-Session-Id"],
+            expose_headers=["X-Tandem-Route", "X-Tandem-Reason", "X-Session-Id"],
+        )
+    if settings.api_key is None:
+        return
+    expected = settings.api_key.get_secret_value().encode()
+
+    @app.middleware("http")
+    async def require_key(request: Request, call_next: Any) -> Response:
+        if request.url.path in OPEN_PATHS or request.method == "OPTIONS":
+            return await call_next(request)  # type: ignore[no-any-return]
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), expected):
+            err = AuthenticationError(
+                "Missing or wrong API key: send 'Authorization: Bearer <TANDEM_API_KEY>'."
+            )
+            return JSONResponse(
+                err.to_openai(), status_code=401, headers={"WWW-Authenticate": "Bearer"}
+            )
+        return await call_next(request)  # type: ignore[no-any-return]
 
 
 # -- routes -----------------------------------------------------------------------------------
@@ -62,7 +121,10 @@ def _add_routes(
     @app.post("/v1/chat/completions", openapi_extra={"requestBody": schema})
     async def chat_completions(request: Request) -> Response:
         req = _parse(await _read_body(request, settings.max_body_bytes))
-        turn = req.to_turn(settings.default_max_tokens, settings.max_tokens_limit)
+        _check_limits(req, settings)
+        turn = req.to_turn(
+            settings.default_max_tokens, settings.max_tokens_limit, settings.privacy_default
+        )
         session_id = _session_id(request.headers.get("x-session-id"), req.tandem.session_id)
         builder = ResponseBuilder(
             req.logprobs, bool(req.stream_options and req.stream_options.include_usage)
@@ -87,7 +149,7 @@ def _add_routes(
     @app.get("/v1/sessions")
     async def list_sessions(limit: int = 100) -> dict[str, Any]:
         store = _sessions(sessions).store
-        return {"object": "list", "data": await asyncio.to_thread(store.list, limit)}
+        return {"object": "list", "data": await asyncio.to_thread(store.list_sessions, limit)}
 
     @app.get("/v1/sessions/{session_id}")
     async def get_session(session_id: str) -> dict[str, Any]:
@@ -118,6 +180,22 @@ def _add_routes(
     @app.get("/metrics")
     async def metrics() -> Response:
         return Response(gw.metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+def _check_limits(req: ChatCompletionRequest, settings: Settings) -> None:
+    if len(req.messages) > settings.max_messages:
+        raise InvalidRequestError(
+            f"The request has {len(req.messages)} messages; this gateway accepts at most "
+            f"{settings.max_messages} (TANDEM_MAX_MESSAGES). With a session, send only new ones.",
+            param="messages",
+        )
+    for i, m in enumerate(req.messages):
+        if len(m.text()) > settings.max_message_chars:
+            raise InvalidRequestError(
+                f"Message {i} has {len(m.text())} characters; the limit is "
+                f"{settings.max_message_chars} (TANDEM_MAX_MESSAGE_CHARS).",
+                param=f"messages.{i}.content",
+            )
 
 
 def _session_id(header: str | None, body: str | None) -> str | None:

@@ -20,6 +20,20 @@ from pydantic_settings import (
 )
 
 KvType = Literal["f16", "q8_0", "q4_0"]
+# The detector's default categories (tandem.privacy.detect.DEFAULT_CATEGORIES, kept here so
+# settings load without importing Presidio).
+DEFAULT_PRIVACY_CATEGORIES = (
+    "PERSON",
+    "EMAIL_ADDRESS",
+    "PHONE_NUMBER",
+    "CREDIT_CARD",
+    "IBAN_CODE",
+    "US_SSN",
+    "IP_ADDRESS",
+    "DATE_TIME",
+    "LOCATION",
+    "MEDICAL",
+)
 
 
 class Settings(BaseSettings):
@@ -50,6 +64,28 @@ class Settings(BaseSettings):
     )
     max_tokens_limit: int = Field(4096, ge=1, description="Largest max_tokens a request may ask")
     default_max_tokens: int = Field(256, ge=1)
+
+    # Security
+    api_key: SecretStr | None = Field(
+        None, description="Bearer token clients must send; required to bind beyond loopback"
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list, description="Browser origins allowed by CORS (none by default)"
+    )
+    max_messages: int = Field(256, ge=1, description="Most messages one request may carry")
+    max_message_chars: int = Field(200_000, ge=1, description="Longest message, in characters")
+
+    # Privacy
+    privacy_default: Literal["local_only", "redact", "allow"] = "redact"
+    privacy_categories: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_PRIVACY_CATEGORIES),
+        description="Categories redacted before the cloud sees a request",
+    )
+    privacy_keep_local: list[str] = Field(
+        default_factory=lambda: ["MEDICAL"],
+        description="Categories that keep a request on the device in redact mode",
+    )
+    privacy_threshold: float = Field(0.35, ge=0, le=1, description="Detector score cut-off")
 
     # Sessions
     sessions: bool = Field(True, description="Keep server-side sessions (X-Session-Id)")

@@ -101,15 +101,18 @@ class CloudClient:
 
     # --- chat ------------------------------------------------------------------------------
 
-    async def stream_chat(self, body: dict[str, Any]) -> AsyncGenerator[CloudChunk, None]:
+    async def stream_chat(
+        self, body: dict[str, Any], on_send: Callable[[bytes], None] | None = None
+    ) -> AsyncGenerator[CloudChunk, None]:
         """Stream a chat completion; ``body`` is an OpenAI request (its ``model`` is replaced).
+        ``on_send`` receives the exact request body bytes before they are sent.
 
         Raises CloudError (code ``circuit_open``) at once while the breaker is open.
         """
         self._admit()
         settled = False
         try:
-            async with self._open_stream(self._request_body(body)) as response:
+            async with self._open_stream(self._request_body(body), on_send) as response:
                 async for chunk in read_chunks(response, self._redact):
                     yield chunk
             self._record_success()
@@ -159,12 +162,17 @@ class CloudClient:
         }
 
     @asynccontextmanager
-    async def _open_stream(self, body: dict[str, Any]) -> AsyncIterator[httpx.Response]:
+    async def _open_stream(
+        self, body: dict[str, Any], on_send: Callable[[bytes], None] | None = None
+    ) -> AsyncIterator[httpx.Response]:
         url = f"{self.base_url}/chat/completions"
         started = self._clock()
+        content = canonical_json(body)
+        if on_send is not None:
+            on_send(content)
         with self._mapped_errors():
             request = self._http.build_request(
-                "POST", url, content=canonical_json(body), headers=self._headers()
+                "POST", url, content=content, headers=self._headers()
             )
             response = await self._http.send(request, stream=True)
             try:

@@ -17,6 +17,8 @@ from dataclasses import replace
 from tandem.events import Finish, TokenEvent
 from tandem.gateway import Gateway, GatewayEvent, RouteInfo, Turn
 from tandem.local.chat import Message
+from tandem.privacy.policy import PrivacyMode, strictest
+from tandem.privacy.redact import Placeholders
 from tandem.sessions.store import Answer, SessionStore, Status
 
 log = logging.getLogger("tandem.sessions")
@@ -46,11 +48,15 @@ class SessionService:
         async with self._session_lock(session_id):
             context = await asyncio.to_thread(self.store.context, session_id)
             added = new_messages(context.messages, turn.messages)
+            privacy = _session_privacy(turn, context.privacy)
+            table = Placeholders(dict(context.placeholders))
             full = replace(
                 turn,
                 messages=[*context.messages, *added],
                 session_id=session_id,
                 context_starts=context.starts,
+                privacy=privacy,
+                placeholders=table,
             )
             starts = dict(context.starts)
             route: RouteInfo | None = None
@@ -67,20 +73,28 @@ class SessionService:
                         assert route is not None
                         answer = _answer(route, "".join(text), "complete", event)
                         await asyncio.to_thread(
-                            self.store.append, session_id, added, answer, starts
+                            self.store.append,
+                            session_id,
+                            added,
+                            answer,
+                            starts,
+                            privacy.value,
+                            table.by_value,
                         )
                         committed = True
                     yield event
             finally:
                 if not committed and route is not None and text:
                     # Blocking on purpose: this also runs when the task is being cancelled.
-                    self._record_interrupted(session_id, added, route, "".join(text))
+                    self._record_interrupted(session_id, added, route, "".join(text), full)
 
     def _record_interrupted(
-        self, session_id: str, added: list[Message], route: RouteInfo, text: str
+        self, session_id: str, added: list[Message], route: RouteInfo, text: str, turn: Turn
     ) -> None:
+        table = turn.placeholders.by_value if turn.placeholders is not None else None
+        answer = _answer(route, text, "interrupted", None)
         try:
-            self.store.append(session_id, added, _answer(route, text, "interrupted", None))
+            self.store.append(session_id, added, answer, None, turn.privacy.value, table)
         except Exception:
             log.exception("could not record the interrupted answer of session %s", session_id)
 
@@ -119,6 +133,16 @@ class _SessionLock:
             del self._table[self._key]
         else:
             self._table[self._key] = (lock, users - 1)
+
+
+def _session_privacy(turn: Turn, stored: str | None) -> PrivacyMode:
+    """A request may tighten its session's privacy mode, never loosen it: what was said under a
+    stricter mode stays in the history that later turns send."""
+    if stored is None:
+        return turn.privacy
+    if turn.privacy_explicit:
+        return strictest(turn.privacy, stored)
+    return PrivacyMode(stored)
 
 
 def _answer(route: RouteInfo, text: str, status: Status, finish: Finish | None) -> Answer:

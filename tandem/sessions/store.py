@@ -52,10 +52,13 @@ class Answer:
 @dataclass(frozen=True)
 class SessionContext:
     """What the models see of a session: its complete messages, and where each tier's window
-    started last time (the index of the first kept message), so fitting keeps a stable prefix."""
+    started last time (the index of the first kept message), so fitting keeps a stable prefix;
+    the strictest privacy mode used so far and the session's placeholder table."""
 
     messages: list[Message]
     starts: dict[str, int]
+    privacy: str | None = None
+    placeholders: dict[str, str] = field(default_factory=dict)  # value → placeholder
 
 
 class SessionStore(Protocol):
@@ -69,13 +72,19 @@ class SessionStore(Protocol):
         messages: Sequence[Message],
         answer: Answer,
         starts: dict[str, int] | None = None,
+        privacy: str | None = None,
+        placeholders: dict[str, str] | None = None,
     ) -> None: ...
+
+    def record_audit(self, record: dict[str, Any]) -> None: ...
+
+    def audit(self, session_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]: ...
 
     def transcript(self, session_id: str) -> dict[str, Any] | None: ...
 
     def delete(self, session_id: str) -> bool: ...
 
-    def list(self, limit: int = 100) -> list[dict[str, Any]]: ...
+    def list_sessions(self, limit: int = 100) -> list[dict[str, Any]]: ...
 
     def close(self) -> None: ...
 
@@ -120,6 +129,29 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (session_id, seq)
     ) WITHOUT ROWID;
     CREATE INDEX sessions_by_update ON sessions(updated_at);
+    """,
+    """
+    ALTER TABLE sessions ADD COLUMN privacy TEXT;
+    CREATE TABLE placeholders (
+        session_id  TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+        value       TEXT NOT NULL,
+        placeholder TEXT NOT NULL,
+        PRIMARY KEY (session_id, value)
+    ) WITHOUT ROWID;
+    CREATE TABLE audit (
+        id          INTEGER PRIMARY KEY,
+        at          REAL NOT NULL,
+        session_id  TEXT,
+        endpoint    TEXT NOT NULL,
+        model       TEXT,
+        mode        TEXT NOT NULL,
+        redacted    TEXT NOT NULL,
+        body_sha256 TEXT NOT NULL,
+        body_bytes  INTEGER NOT NULL,
+        outcome     TEXT NOT NULL
+    );
+    CREATE INDEX audit_by_time ON audit(at);
+    CREATE INDEX audit_by_session ON audit(session_id, at);
     """,
 )
 
@@ -195,12 +227,16 @@ class SqliteSessionStore:
                 "ORDER BY seq",
                 (session_id,),
             ).fetchall()
-            starts = self._db.execute(
-                "SELECT local_start, cloud_start FROM sessions WHERE id = ?", (session_id,)
+            session = self._db.execute(
+                "SELECT local_start, cloud_start, privacy FROM sessions WHERE id = ?",
+                (session_id,),
             ).fetchone()
+            table = self._db.execute(
+                "SELECT value, placeholder FROM placeholders WHERE session_id = ?", (session_id,)
+            ).fetchall()
         messages: list[Message] = [{"role": role, "content": content} for role, content in rows]
-        local, cloud = starts or (0, 0)
-        return SessionContext(messages, {"local": local, "cloud": cloud})
+        local, cloud, privacy = session or (0, 0, None)
+        return SessionContext(messages, {"local": local, "cloud": cloud}, privacy, dict(table))
 
     def transcript(self, session_id: str) -> dict[str, Any] | None:
         with self._lock:
@@ -222,7 +258,7 @@ class SqliteSessionStore:
             "messages": [_message_view(row) for row in rows],
         }
 
-    def list(self, limit: int = 100) -> list[dict[str, Any]]:
+    def list_sessions(self, limit: int = 100) -> list[dict[str, Any]]:
         with self._lock:
             rows = self._db.execute(
                 "SELECT s.id, s.created_at, s.updated_at, count(m.seq) FROM sessions s "
@@ -242,8 +278,11 @@ class SqliteSessionStore:
         messages: Sequence[Message],
         answer: Answer,
         starts: dict[str, int] | None = None,
+        privacy: str | None = None,
+        placeholders: dict[str, str] | None = None,
     ) -> None:
-        """Write one exchange (the new messages and the answer) atomically."""
+        """Write one exchange (the new messages and the answer) atomically, with the session's
+        privacy mode and new placeholders."""
         now = time.time()
         with self._lock:
             db = self._db
@@ -292,10 +331,51 @@ class SqliteSessionStore:
                         "UPDATE sessions SET local_start = ?, cloud_start = ? WHERE id = ?",
                         (starts.get("local", 0), starts.get("cloud", 0), session_id),
                     )
+                if privacy is not None:
+                    db.execute(
+                        "UPDATE sessions SET privacy = ? WHERE id = ?", (privacy, session_id)
+                    )
+                db.executemany(
+                    "INSERT OR IGNORE INTO placeholders VALUES (?, ?, ?)",
+                    [(session_id, v, p) for v, p in (placeholders or {}).items()],
+                )
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
+
+    def record_audit(self, record: dict[str, Any]) -> None:
+        """One cloud call: when, for which session, where, what was redacted, a hash of the
+        body. Never the text."""
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO audit (at, session_id, endpoint, model, mode, redacted, body_sha256, "
+                "body_bytes, outcome) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record["at"],
+                    record.get("session_id"),
+                    record["endpoint"],
+                    record.get("model"),
+                    record["mode"],
+                    json.dumps(record.get("redacted", {}), sort_keys=True),
+                    record["body_sha256"],
+                    record["body_bytes"],
+                    record["outcome"],
+                ),
+            )
+
+    def audit(self, session_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """The latest audit records, newest first."""
+        where, args = ("WHERE session_id = ?", [session_id]) if session_id else ("", [])
+        with self._lock:
+            cursor = self._db.execute(
+                f"SELECT * FROM audit {where} ORDER BY at DESC, id DESC LIMIT ?", (*args, limit)
+            )
+            names = [d[0] for d in cursor.description]
+            rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+        for row in rows:
+            row["redacted"] = json.loads(row["redacted"])
+        return rows
 
     def delete(self, session_id: str) -> bool:
         with self._lock:

@@ -1,0 +1,224 @@
+"""Finding sensitive spans in text: Presidio's recognizers on a blank spaCy pipeline, offline.
+
+Presidio's pattern recognizers bring the checksums (Luhn for cards, mod-97 for IBANs, the SSN
+rules, libphonenumber for phones). They need an NLP engine only for tokens and lemmas, which a
+blank spaCy pipeline provides without a downloaded model. Added here: person names
+(``names.py``), street addresses (``pyap`` for US/CA, a pattern for UK addresses), dates written
+with month names, and health content (``medical.py``).
+
+No network: ``tldextract`` (used by Presidio's e-mail check) is pointed at the public-suffix
+snapshot it ships instead of fetching the list on first use.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from presidio_analyzer import (
+    AnalyzerEngine,
+    EntityRecognizer,
+    Pattern,
+    PatternRecognizer,
+    RecognizerRegistry,
+    RecognizerResult,
+)
+from presidio_analyzer.nlp_engine import NlpArtifacts, SpacyNlpEngine
+from presidio_analyzer.predefined_recognizers import PhoneRecognizer
+
+from tandem.errors import ConfigError
+from tandem.settings import DEFAULT_PRIVACY_CATEGORIES
+
+CATEGORIES = (
+    "PERSON",
+    "EMAIL_ADDRESS",
+    "PHONE_NUMBER",
+    "CREDIT_CARD",
+    "IBAN_CODE",
+    "US_SSN",
+    "IP_ADDRESS",
+    "DATE_TIME",
+    "LOCATION",
+    "MEDICAL",
+    "CRYPTO",
+    "US_PASSPORT",
+    "UK_NHS",
+)
+DEFAULT_CATEGORIES = DEFAULT_PRIVACY_CATEGORIES
+PHONE_REGIONS = ("US", "GB", "DE", "FR")
+
+_MONTH = (
+    r"(?:Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|June?|July?|Aug(?:ust)?|"
+    r"Sep(?:t(?:ember)?)?|Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?)"
+)
+_MONTH_DATES = [
+    Pattern(
+        "month d, yyyy", rf"\b{_MONTH}\.?\s+\d{{1,2}}(?:st|nd|rd|th)?,?\s+(?:19|20)\d\d\b", 0.6
+    ),
+    Pattern(
+        "d month yyyy",
+        rf"\b\d{{1,2}}(?:st|nd|rd|th)?\s+(?:of\s+)?{_MONTH}\.?,?\s+(?:19|20)\d\d\b",
+        0.6,
+    ),
+]
+_UK_ADDRESS = Pattern(
+    "uk street address",
+    r"\b\d{1,4}[A-Z]?\s+(?:[A-Z][a-z]+\s+){1,3}(?:Street|St|Road|Rd|Lane|Ln|Avenue|Ave|Close|"
+    r"Drive|Dr|Way|Place|Pl|Crescent|Terrace|Gardens|Square|Court|Grove|Hill|Row|Mews|Walk)\b"
+    r"\.?(?:,\s*(?:[A-Z][a-z]+\s*){1,3})?(?:,?\s*[A-Z]{1,2}\d[A-Z\d]?\s*\d[A-Z]{2})?",
+    0.6,
+)
+
+
+@dataclass(frozen=True)
+class Finding:
+    category: str
+    start: int
+    end: int
+    text: str
+    score: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "category": self.category,
+            "start": self.start,
+            "end": self.end,
+            "text": self.text,
+            "score": round(self.score, 3),
+        }
+
+
+class _BlankSpacy(SpacyNlpEngine):
+    """Presidio's spaCy engine on ``spacy.blank("en")``: tokens, no model download."""
+
+    def __init__(self) -> None:
+        super().__init__(models=[{"lang_code": "en", "model_name": "blank:en"}])
+
+    def load(self) -> None:
+        import spacy
+
+        self.nlp = {"en": spacy.blank("en")}  # type: ignore[assignment]
+
+
+class StreetAddressRecognizer(EntityRecognizer):
+    """US street addresses found by ``pyap``."""
+
+    def __init__(self) -> None:
+        super().__init__(supported_entities=["LOCATION"], name="StreetAddressRecognizer")
+
+    def load(self) -> None:
+        pass
+
+    def analyze(
+        self, text: str, entities: list[str], nlp_artifacts: NlpArtifacts | None = None
+    ) -> list[RecognizerResult]:
+        import pyap
+
+        results = []
+        for country in ("US",):
+            for address in pyap.parse(text, country=country):
+                full = address.full_address
+                start = text.find(full)
+                if start >= 0:
+                    results.append(RecognizerResult("LOCATION", start, start + len(full), 0.7))
+        return results
+
+
+def _offline_tldextract() -> None:
+    import tldextract
+
+    setattr(tldextract, "extract", tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None))  # noqa: B010
+
+
+@functools.cache
+def _analyzer() -> AnalyzerEngine:
+    from tandem.privacy.medical import medical_recognizer
+    from tandem.privacy.names import PersonNameRecognizer
+
+    _offline_tldextract()
+    nlp = _BlankSpacy()
+    nlp.load()
+    registry = RecognizerRegistry(supported_languages=["en"])
+    registry.load_predefined_recognizers(nlp_engine=nlp, languages=["en"])
+    # Phone numbers with a country code are found whatever the region; the regions matter only
+    # for national formats, and each one is another pass of libphonenumber over the text.
+    registry.remove_recognizer("PhoneRecognizer")
+    registry.add_recognizer(PhoneRecognizer(supported_regions=PHONE_REGIONS))
+    # The NER recognizer has nothing to work with on a blank pipeline.
+    registry.remove_recognizer("SpacyRecognizer")
+    registry.add_recognizer(PersonNameRecognizer())
+    registry.add_recognizer(StreetAddressRecognizer())
+    registry.add_recognizer(
+        PatternRecognizer(
+            supported_entity="LOCATION",
+            name="UkAddressRecognizer",
+            patterns=[_UK_ADDRESS],
+            global_regex_flags=re.MULTILINE,  # case matters: capitalised words, postcodes
+        )
+    )
+    registry.add_recognizer(
+        PatternRecognizer(
+            supported_entity="DATE_TIME", name="MonthNameDateRecognizer", patterns=_MONTH_DATES
+        )
+    )
+    registry.add_recognizer(medical_recognizer())
+    return AnalyzerEngine(nlp_engine=nlp, registry=registry, supported_languages=["en"])
+
+
+class Detector:
+    """Sensitive spans of the chosen categories, overlaps resolved (longest, then highest)."""
+
+    def __init__(self, categories: tuple[str, ...] = DEFAULT_CATEGORIES, threshold: float = 0.35):
+        unknown = set(categories) - set(CATEGORIES)
+        if unknown:
+            raise ConfigError(
+                f"Unknown privacy categories {sorted(unknown)} (TANDEM_PRIVACY_CATEGORIES / "
+                f"TANDEM_PRIVACY_KEEP_LOCAL); known: {', '.join(CATEGORIES)}."
+            )
+        self.categories = tuple(categories)
+        self.threshold = threshold
+
+    def warm(self) -> None:
+        """Build the analyzer and load the name list now rather than on the first request."""
+        self.find("warm up with Jane Doe at jane@example.org")
+
+    def find(self, text: str) -> list[Finding]:
+        if not text.strip():
+            return []
+        results = _analyzer().analyze(
+            text,
+            language="en",
+            entities=list(self.categories),
+            score_threshold=self.threshold,
+        )
+        return _resolve(
+            [
+                Finding(r.entity_type, r.start, r.end, text[r.start : r.end], r.score)
+                for r in results
+            ]
+        )
+
+    def timed(self, text: str) -> dict[str, float]:
+        """Milliseconds each recognizer takes on ``text`` (for the privacy benchmark)."""
+        analyzer = _analyzer()
+        artifacts = analyzer.nlp_engine.process_text(text, "en")
+        costs: dict[str, float] = {}
+        recognizers: list[Any] = analyzer.registry.get_recognizers("en", list(self.categories))
+        for recognizer in recognizers:
+            started = time.perf_counter()
+            recognizer.analyze(text, list(self.categories), artifacts)
+            costs[recognizer.name] = (time.perf_counter() - started) * 1000
+        return costs
+
+
+def _resolve(findings: list[Finding]) -> list[Finding]:
+    """Non-overlapping findings: a longer span wins, then a higher score."""
+    ordered = sorted(findings, key=lambda f: (-(f.end - f.start), -f.score, f.start))
+    kept: list[Finding] = []
+    for f in ordered:
+        if all(f.end <= k.start or f.start >= k.end for k in kept):
+            kept.append(f)
+    return sorted(kept, key=lambda f: f.start)

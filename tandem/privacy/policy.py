@@ -1,0 +1,114 @@
+"""The privacy policy at the cloud boundary: what may leave the device, and in what form.
+
+Modes, per request and per session:
+- ``local_only``: nothing goes to the cloud; the gateway errors rather than escalate.
+- ``redact`` (default): sensitive values are replaced by placeholders before the cloud sees the
+  request, and restored in its answer; content in a keep-local category (health records, by
+  default) is not sent at all: the turn is answered locally.
+- ``allow``: sent as is.
+
+A session remembers the strictest mode it was ever used with: what was said under
+``local_only`` must not reach the cloud later as part of the history.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Literal
+
+from tandem.local.chat import Message
+from tandem.privacy.detect import DEFAULT_CATEGORIES, Detector, Finding
+from tandem.privacy.redact import Placeholders, Restorer, redact_messages
+
+
+class PrivacyMode(StrEnum):
+    LOCAL_ONLY = "local_only"
+    REDACT = "redact"
+    ALLOW = "allow"
+
+
+_STRICTNESS = {PrivacyMode.ALLOW: 0, PrivacyMode.REDACT: 1, PrivacyMode.LOCAL_ONLY: 2}
+
+Decision = Literal["send", "redact", "keep_local"]
+
+
+def strictest(*modes: PrivacyMode | str | None) -> PrivacyMode:
+    present = [PrivacyMode(m) for m in modes if m is not None]
+    return max(present, key=_STRICTNESS.__getitem__) if present else PrivacyMode.REDACT
+
+
+@dataclass(frozen=True)
+class Assessment:
+    findings: list[list[Finding]]  # per message
+    keep_local: tuple[str, ...]  # categories found that may not leave the device
+
+    @property
+    def counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for found in self.findings:
+            for f in found:
+                counts[f.category] = counts.get(f.category, 0) + 1
+        return counts
+
+    @property
+    def decision(self) -> Decision:
+        if self.keep_local:
+            return "keep_local"
+        return "redact" if any(self.findings) else "send"
+
+
+@dataclass
+class CloudShield:
+    """What the cloud receives for one call, and how its answer is restored."""
+
+    messages: list[Message]
+    mode: PrivacyMode
+    counts: dict[str, int] = field(default_factory=dict)
+    restorer: Restorer | None = None
+
+    def restore(self, text: str) -> str:
+        return text if self.restorer is None else self.restorer.feed(text)
+
+    def flush(self) -> str:
+        return "" if self.restorer is None else self.restorer.flush()
+
+
+class PrivacyGuard:
+    """Detection plus the policy's keep-local categories."""
+
+    def __init__(
+        self,
+        categories: Sequence[str] = DEFAULT_CATEGORIES,
+        keep_local: Sequence[str] = ("MEDICAL",),
+        threshold: float = 0.35,
+    ):
+        self.detector = Detector(tuple(categories), threshold)
+        Detector(tuple(keep_local))  # the same check of the names
+        self.keep_local = tuple(keep_local)
+
+    def assess(self, messages: Sequence[Message]) -> Assessment:
+        findings = [self.detector.find(m["content"]) for m in messages]
+        found = {f.category for fs in findings for f in fs}
+        return Assessment(findings, tuple(c for c in self.keep_local if c in found))
+
+    def shield(
+        self, messages: Sequence[Message], mode: PrivacyMode, table: Placeholders | None
+    ) -> CloudShield | None:
+        """The cloud-bound form of ``messages``; None when they must stay on the device."""
+        if mode == PrivacyMode.LOCAL_ONLY:
+            return None
+        if mode == PrivacyMode.ALLOW:
+            return CloudShield(list(messages), mode)
+        assessment = self.assess(messages)
+        if assessment.keep_local:
+            return None
+        table = table if table is not None else Placeholders()
+        redacted = redact_messages(messages, assessment.findings, table)
+        return CloudShield(redacted.messages, mode, redacted.counts, Restorer(table))
+
+
+def digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
