@@ -128,7 +128,7 @@ _CUES = (
     r"|name\s+is|named|called|I'm|I\s+am|this\s+is|Dear|Hi|Hello|Hey|to|from|with|for|by|cc|"
     r"Regards,|Thanks,|Sincerely,|patient|client|employee|applicant|signed"
 )
-_CAP = r"\p{Lu}[\p{Ll}'’]+(?:-\p{Lu}[\p{Ll}'’]+)?"
+_CAP = r"\p{Lu}(?:\p{Ll}+|['’]\p{Lu}\p{Ll}+)(?:-\p{Lu}\p{Ll}+)?"  # Ana, O'Brien, Jean-Luc
 _WORD = regex.compile(_CAP)
 _TITLE_NAME = regex.compile(rf"\b{_TITLES}\s+((?:{_CAP}\s+){{0,2}}{_CAP})")
 _CUE_NAME = regex.compile(rf"(?:\b|^)(?:{_CUES})\s+({_CAP})", regex.IGNORECASE)

@@ -97,3 +97,21 @@ def cloud_transport(
         )
 
     return httpx.MockTransport(handler)
+
+
+class RecordingCloud:
+    """A mock cloud transport that keeps every chat request body it receives."""
+
+    def __init__(self, pieces: tuple[str, ...] = ("Hi", " from", " cloud")):
+        self.bodies: list[bytes] = []
+        self.pieces = pieces
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/models"):
+            return httpx.Response(200, json={"data": [{"id": "cloud"}]})
+        self.bodies.append(request.content)
+        headers = {"content-type": "text/event-stream"}
+        return httpx.Response(200, content=sse_body(self.pieces), headers=headers)
+
+    def messages(self, i: int) -> list[dict[str, str]]:
+        return list(json.loads(self.bodies[i])["messages"])

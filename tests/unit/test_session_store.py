@@ -80,7 +80,7 @@ def test_delete_forgets_every_message(store: SqliteSessionStore) -> None:
     assert store.delete("s1") is False
     assert store.transcript("s1") is None
     assert store.context("s1").messages == []
-    assert [s["id"] for s in store.list()] == ["s2"]
+    assert [s["id"] for s in store.list_sessions()] == ["s2"]
 
 
 def test_a_failed_exchange_writes_nothing(store: SqliteSessionStore) -> None:

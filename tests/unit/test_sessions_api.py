@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,25 +20,7 @@ from tandem.server import create_app
 from tandem.sessions.service import SessionService, new_messages
 from tandem.sessions.store import SqliteSessionStore
 from tandem.settings import Settings
-from tests.unit.fakes import FakeEngine, sse_body
-
-
-class RecordingCloud:
-    """A mock cloud transport that keeps every chat request body it receives."""
-
-    def __init__(self, pieces: tuple[str, ...] = ("Hi", " from", " cloud")):
-        self.bodies: list[bytes] = []
-        self.pieces = pieces
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        if request.url.path.endswith("/models"):
-            return httpx.Response(200, json={"data": [{"id": "cloud"}]})
-        self.bodies.append(request.content)
-        headers = {"content-type": "text/event-stream"}
-        return httpx.Response(200, content=sse_body(self.pieces), headers=headers)
-
-    def messages(self, i: int) -> list[dict[str, str]]:
-        return list(json.loads(self.bodies[i])["messages"])
+from tests.unit.fakes import FakeEngine, RecordingCloud
 
 
 @pytest.fixture
