@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -18,6 +19,8 @@ from tandem.settings import KvType, Settings, default_sessions_db, load_settings
 app = typer.Typer(help="Tandem: an on-device LLM gateway with a cloud tier.", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks (JSON results, baseline measured in the same run).")
 app.add_typer(bench_app, name="bench")
+privacy_app = typer.Typer(help="Check what the privacy policy finds and redacts.")
+app.add_typer(privacy_app, name="privacy")
 console = Console()
 
 CloudUrl = Annotated[
@@ -212,6 +215,68 @@ def plan(
     for key, value in result.items():
         shown = f"{value / 2**20:.1f} MiB" if key.endswith("_bytes") and value else value
         console.print(f"{key:>16}: {shown}")
+
+
+@privacy_app.command("scan")
+def privacy_scan(
+    source: Annotated[
+        str, typer.Argument(help="A file of lines (text or JSON with 'text'), or -")
+    ] = "-",
+) -> None:
+    """Print, per input line, the findings, the redacted text and the decision as JSON."""
+    import sys
+
+    from tandem.errors import ConfigError
+    from tandem.privacy.policy import PrivacyGuard, scan_line
+
+    s = load_settings()
+    with _clear_errors():
+        guard = PrivacyGuard(s.privacy_categories, s.privacy_keep_local, s.privacy_threshold)
+        with contextlib.ExitStack() as stack:
+            lines = sys.stdin
+            if source != "-":
+                if not Path(source).is_file():
+                    raise ConfigError(f"{source} is not a readable file; give a file or '-'.")
+                lines = stack.enter_context(Path(source).open(encoding="utf-8"))
+            for line in lines:
+                if line.strip():
+                    typer.echo(json.dumps(scan_line(guard, line), ensure_ascii=False))
+
+
+@app.command()
+def audit(
+    session: Annotated[str | None, typer.Option(help="Only this session's cloud calls")] = None,
+    limit: Annotated[int, typer.Option(help="Newest N records")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table")] = False,
+) -> None:
+    """The record of cloud calls: when, which session, what was redacted, a hash of the body."""
+    from rich.table import Table
+
+    from tandem.assembly import build_store
+
+    with _clear_errors():
+        store = build_store(load_settings())
+        records = store.audit(session, limit)
+        store.close()
+    if as_json:
+        for r in records:
+            typer.echo(json.dumps(r))
+        return
+    table = Table(title=f"cloud calls (newest {limit})")
+    for col in ("time", "session", "mode", "redacted", "sha256", "bytes", "outcome"):
+        table.add_column(col)
+    for r in records:
+        redacted = ", ".join(f"{k} {v}" for k, v in sorted(r["redacted"].items())) or "-"
+        table.add_row(
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["at"])),
+            r["session_id"] or "-",
+            r["mode"],
+            redacted,
+            r["body_sha256"][:12],
+            str(r["body_bytes"]),
+            r["outcome"],
+        )
+    console.print(table)
 
 
 @bench_app.command("handoff")

@@ -14,10 +14,11 @@ A session remembers the strictest mode it was ever used with: what was said unde
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
 from tandem.local.chat import Message
 from tandem.privacy.detect import DEFAULT_CATEGORIES, Detector, Finding
@@ -112,3 +113,27 @@ class PrivacyGuard:
 
 def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def scan_line(guard: PrivacyGuard, line: str) -> dict[str, Any]:
+    """``tandem privacy scan`` for one input line: plain text, or JSON with a ``text`` field."""
+    text, record_id = line.rstrip("\n"), None
+    if text.lstrip().startswith("{"):
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError:
+            record = None
+        if isinstance(record, dict) and isinstance(record.get("text"), str):
+            text, record_id = record["text"], record.get("id")
+    message = [{"role": "user", "content": text}]
+    assessment = guard.assess(message)
+    redacted = redact_messages(message, assessment.findings, Placeholders()).messages[0]
+    out: dict[str, Any] = {} if record_id is None else {"id": record_id}
+    out.update(
+        decision=assessment.decision,
+        findings=[f.as_dict() for f in assessment.findings[0]],
+        redacted=redacted["content"],
+    )
+    if assessment.keep_local:
+        out["keep_local_because"] = list(assessment.keep_local)
+    return out
