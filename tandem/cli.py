@@ -279,6 +279,27 @@ def audit(
     console.print(table)
 
 
+@bench_app.command("privacy")
+def bench_privacy(
+    quick: Annotated[bool, typer.Option(help="Fewer latency runs")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON result")] = False,
+    corpus: Annotated[
+        Path | None, typer.Option(help="Another corpus in the same JSONL format")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Where to write the JSON")] = Path(
+        "bench/results/privacy.json"
+    ),
+) -> None:
+    """Detection recall/precision per category, false redactions, and latency per request."""
+    from bench.privacy import CORPUS, run_privacy_bench
+
+    result = run_privacy_bench(
+        load_settings(), quick=quick, out=out, console=console, corpus=corpus or CORPUS
+    )
+    if as_json:
+        typer.echo(json.dumps(result, indent=2, ensure_ascii=False))
+
+
 @bench_app.command("handoff")
 def bench_handoff(
     quick: Annotated[bool, typer.Option(help="One short conversation, fewer sessions")] = False,

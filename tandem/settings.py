@@ -33,6 +33,7 @@ DEFAULT_PRIVACY_CATEGORIES = (
     "DATE_TIME",
     "LOCATION",
     "MEDICAL",
+    "UK_NHS",
 )
 
 

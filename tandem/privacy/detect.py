@@ -27,7 +27,7 @@ from presidio_analyzer import (
     RecognizerResult,
 )
 from presidio_analyzer.nlp_engine import NlpArtifacts, SpacyNlpEngine
-from presidio_analyzer.predefined_recognizers import PhoneRecognizer
+from presidio_analyzer.predefined_recognizers import CreditCardRecognizer, PhoneRecognizer
 
 from tandem.errors import ConfigError
 from tandem.settings import DEFAULT_PRIVACY_CATEGORIES
@@ -54,7 +54,14 @@ _MONTH = (
     r"(?:Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|June?|July?|Aug(?:ust)?|"
     r"Sep(?:t(?:ember)?)?|Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?)"
 )
+_WEEKDAY = r"(?:Mon|Tues|Wednes|Thurs|Fri|Satur|Sun)day"
 _MONTH_DATES = [
+    Pattern(
+        "month d",
+        rf"\b(?:{_WEEKDAY},?\s+)?{_MONTH}\.?\s+\d{{1,2}}(?:st|nd|rd|th)?\b(?!\s*(?:,\s*)?\d)",
+        0.5,
+    ),
+    Pattern("d month", rf"\b\d{{1,2}}(?:st|nd|rd|th)?\s+(?:of\s+)?{_MONTH}\b(?!\.?,?\s+\d)", 0.5),
     Pattern(
         "month d, yyyy", rf"\b{_MONTH}\.?\s+\d{{1,2}}(?:st|nd|rd|th)?,?\s+(?:19|20)\d\d\b", 0.6
     ),
@@ -71,6 +78,9 @@ _UK_ADDRESS = Pattern(
     r"\.?(?:,\s*(?:[A-Z][a-z]+\s*){1,3})?(?:,?\s*[A-Z]{1,2}\d[A-Z\d]?\s*\d[A-Z]{2})?",
     0.6,
 )
+
+
+_CARD_16 = r"\b\d{4}([- ]?)\d{4}\1\d{4}\1\d{4}\b"
 
 
 @dataclass(frozen=True)
@@ -102,9 +112,51 @@ class _BlankSpacy(SpacyNlpEngine):
 
         self.nlp = {"en": spacy.blank("en")}  # type: ignore[assignment]
 
+    def _doc_to_nlp_artifact(self, doc: Any, language: str) -> NlpArtifacts:
+        # A blank pipeline has no lemmatizer: lower-cased tokens stand in for lemmas, so that
+        # Presidio's context words ("ssn", "card", "phone" near a match) still raise scores.
+        return NlpArtifacts(
+            entities=[],
+            tokens=doc,
+            tokens_indices=[t.idx for t in doc],
+            lemmas=[t.lower_ for t in doc],
+            nlp_engine=self,
+            language=language,
+        )
+
+
+class WindowedPhoneRecognizer(PhoneRecognizer):
+    """Presidio's phone recognizer run only on digit runs that could be phone numbers.
+
+    libphonenumber's matcher scans the whole text once per region (most of the detector's time
+    on long prompts); a cheap regex finds the candidates (7+ digits, with the usual separators)
+    and the matcher runs on each, with a little context around it.
+    """
+
+    _CANDIDATE = re.compile(r"\+?\(?\d[\d\s().\-/]{5,}\d")
+
+    def analyze(
+        self, text: str, entities: list[str], nlp_artifacts: NlpArtifacts | None = None
+    ) -> list[RecognizerResult]:
+        results: list[RecognizerResult] = []
+        for m in self._CANDIDATE.finditer(text):
+            if sum(c.isdigit() for c in m.group()) < 7:
+                continue
+            lo, hi = max(0, m.start() - 2), min(len(text), m.end() + 2)
+            for r in super().analyze(text[lo:hi], entities, nlp_artifacts):  # type: ignore[arg-type]
+                r.start, r.end = r.start + lo, r.end + lo
+                results.append(r)
+        return list(EntityRecognizer.remove_duplicates(results))
+
 
 class StreetAddressRecognizer(EntityRecognizer):
-    """US street addresses found by ``pyap``."""
+    """US street addresses found by ``pyap``, which runs only when a street word is present."""
+
+    _STREET = re.compile(
+        r"\b(?:street|st|avenue|ave|road|rd|boulevard|blvd|lane|ln|drive|dr|way|court|ct|"
+        r"place|pl|terrace|parkway|pkwy|highway|hwy|circle|cir|square|sq|trail|row)\b\.?",
+        re.IGNORECASE,
+    )
 
     def __init__(self) -> None:
         super().__init__(supported_entities=["LOCATION"], name="StreetAddressRecognizer")
@@ -117,6 +169,8 @@ class StreetAddressRecognizer(EntityRecognizer):
     ) -> list[RecognizerResult]:
         import pyap
 
+        if not self._STREET.search(text):
+            return []
         results = []
         for country in ("US",):
             for address in pyap.parse(text, country=country):
@@ -146,7 +200,14 @@ def _analyzer() -> AnalyzerEngine:
     # Phone numbers with a country code are found whatever the region; the regions matter only
     # for national formats, and each one is another pass of libphonenumber over the text.
     registry.remove_recognizer("PhoneRecognizer")
-    registry.add_recognizer(PhoneRecognizer(supported_regions=PHONE_REGIONS))
+    registry.add_recognizer(WindowedPhoneRecognizer(supported_regions=PHONE_REGIONS))
+    # Presidio's card patterns predate Mastercard's 2221–2720 range: add every 16-digit shape,
+    # still subject to the recognizer's Luhn check.
+    presidio_cards: list[Pattern] = getattr(CreditCardRecognizer(), "patterns")  # noqa: B009
+    registry.remove_recognizer("CreditCardRecognizer")
+    registry.add_recognizer(
+        CreditCardRecognizer(patterns=[*presidio_cards, Pattern("16 digits", _CARD_16, 0.3)])
+    )
     # The NER recognizer has nothing to work with on a blank pipeline.
     registry.remove_recognizer("SpacyRecognizer")
     registry.add_recognizer(PersonNameRecognizer())
