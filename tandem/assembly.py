@@ -64,12 +64,17 @@ def gateway_lifespan(
         start = getattr(gw.local, "start", None)
         if start is not None:
             start()
+        # The privacy detector takes a few seconds to import and build: do it before the
+        # first cloud-bound request needs it.
+        warm = asyncio.create_task(asyncio.to_thread(gw.privacy.detector.warm))
         probes = None
         if gw.cloud is not None and hasattr(gw.cloud, "run_probes"):
             probes = asyncio.create_task(gw.cloud.run_probes(settings.cloud_probe_interval_s))
         try:
             yield
         finally:
+            with contextlib.suppress(Exception):
+                await warm
             if probes is not None:
                 probes.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -13,6 +13,7 @@ class TandemError(Exception):
     status_code = 500
     error_type = "server_error"
     code: str | None = "internal_error"
+    retry_after_s: float | None = None  # sent as Retry-After when set
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
         super().__init__(message)
@@ -80,6 +81,10 @@ class TierUnavailableError(TandemError):
     status_code = 503
     error_type = "server_error"
     code = "tier_unavailable"
+
+    def __init__(self, message: str, *, code: str | None = None, retry_after_s: float = 5.0):
+        super().__init__(message, code=code)
+        self.retry_after_s = retry_after_s
 
 
 class ModelLoadError(TandemError):

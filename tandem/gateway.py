@@ -206,13 +206,22 @@ class Gateway:
         return RouteInfo(Tier.CLOUD, reason, self.cloud.model)
 
     def _fallback_local(self, turn: Turn, reason: str) -> RouteInfo:
-        if not turn.fallback:
-            raise TierUnavailableError(
-                f"The cloud tier cannot answer ({reason}) and fallback is off; set "
-                "tandem.fallback to true or configure TANDEM_CLOUD_URL.",
+        if turn.fallback:
+            return self._local(reason)
+        if self.cloud is None:  # retrying cannot help: a client error, not a 503
+            raise InvalidRequestError(
+                "This gateway has no cloud tier (TANDEM_CLOUD_URL is not set) and the request "
+                "allows no fallback; drop tandem.fallback=false or route 'auto'/'local'.",
+                param="tandem.route",
                 code=reason,
             )
-        return self._local(reason)
+        cooldown = getattr(getattr(self.cloud, "breaker", None), "cooldown_s", 5.0)
+        raise TierUnavailableError(
+            f"The cloud tier cannot answer ({reason}) and fallback is off; retry later or set "
+            "tandem.fallback to true.",
+            code=reason,
+            retry_after_s=cooldown,
+        )
 
     # -- streaming -------------------------------------------------------------------------
 

@@ -9,9 +9,9 @@ import ipaddress
 import json
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -24,7 +24,6 @@ from tandem.errors import (
     ConfigError,
     InvalidRequestError,
     NotFoundError,
-    OverloadedError,
     PayloadTooLargeError,
     TandemError,
 )
@@ -114,9 +113,11 @@ def _add_security(app: FastAPI, settings: Settings) -> None:
 def _add_routes(
     app: FastAPI, gw: Gateway, settings: Settings, sessions: SessionService | None
 ) -> None:
-    schema = {
-        "content": {"application/json": {"schema": ChatCompletionRequest.model_json_schema()}}
-    }
+    # The body is read by hand (to enforce the size limit before parsing), so its schema is
+    # published by hand: the model under components/schemas, referenced from the operation.
+    body_ref = {"$ref": "#/components/schemas/ChatCompletionRequest"}
+    schema = {"required": True, "content": {"application/json": {"schema": body_ref}}}
+    _publish_request_schema(app)
 
     @app.post("/v1/chat/completions", openapi_extra={"requestBody": schema})
     async def chat_completions(request: Request) -> Response:
@@ -147,7 +148,7 @@ def _add_routes(
         return JSONResponse(await _collect(builder, route, head, events), headers=headers)
 
     @app.get("/v1/sessions")
-    async def list_sessions(limit: int = 100) -> dict[str, Any]:
+    async def list_sessions(limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
         store = _sessions(sessions).store
         return {"object": "list", "data": await asyncio.to_thread(store.list_sessions, limit)}
 
@@ -180,6 +181,23 @@ def _add_routes(
     @app.get("/metrics")
     async def metrics() -> Response:
         return Response(gw.metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+def _publish_request_schema(app: FastAPI) -> None:
+    default_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = default_openapi()
+            body = ChatCompletionRequest.model_json_schema(
+                ref_template="#/components/schemas/{model}"
+            )
+            components = document.setdefault("components", {}).setdefault("schemas", {})
+            components.update(body.pop("$defs", {}))
+            components["ChatCompletionRequest"] = body
+        return app.openapi_schema or document
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _check_limits(req: ChatCompletionRequest, settings: Settings) -> None:
@@ -331,7 +349,7 @@ def _add_error_handlers(app: FastAPI, gw: Gateway) -> None:
     async def tandem_error(request: Request, exc: TandemError) -> JSONResponse:
         gw.metrics.count_error(str(exc.code))
         headers = None
-        if isinstance(exc, OverloadedError):
+        if exc.retry_after_s is not None:
             headers = {"Retry-After": str(max(1, round(exc.retry_after_s)))}
         return JSONResponse(exc.to_openai(), status_code=exc.status_code, headers=headers)
 

@@ -3,7 +3,8 @@
 Presidio's pattern recognizers bring the checksums (Luhn for cards, mod-97 for IBANs, the SSN
 rules, libphonenumber for phones). They need an NLP engine only for tokens and lemmas, which a
 blank spaCy pipeline provides without a downloaded model. Added here: person names
-(``names.py``), street addresses (``pyap`` for US/CA, a pattern for UK addresses), dates written
+(``names.py``), street addresses (patterns anchored on a UK postcode, a US state and ZIP, or a
+German street suffix), dates written
 with month names, and health content (``medical.py``).
 
 No network: ``tldextract`` (used by Presidio's e-mail check) is pointed at the public-suffix
@@ -71,6 +72,30 @@ _MONTH_DATES = [
         0.6,
     ),
 ]
+# Addresses anchored on what ends them: a UK postcode, or a US state and ZIP code, with the
+# house number (and an optional flat/unit) up to 80 characters before, within one sentence.
+_UNIT_WORDS = r"(?:Flat|Apt\.?|Apartment|Unit|Suite)\s+\w{1,5}"
+_UNIT = rf"(?:{_UNIT_WORDS},?\s+)?"
+# Between the house number and the end: no other number (but a flat or unit), so the match
+# starts at the number nearest the street rather than at any earlier number in the sentence.
+_STREET_PART = rf"(?:[^.;!?\n\d=]|{_UNIT_WORDS})"
+_POSTCODE_ADDRESS = Pattern(
+    "address up to a UK postcode",
+    rf"\b{_UNIT}\d{{1,5}}[A-Z]?\s+{_STREET_PART}{{3,80}}?\b[A-Z]{{1,2}}\d[A-Z\d]?\s?\d[A-Z]{{2}}\b",
+    0.6,
+)
+_ZIP_ADDRESS = Pattern(
+    "address up to a US state and ZIP",
+    rf"\b{_UNIT}\d{{1,6}}\s+{_STREET_PART}{{3,80}}?,\s*[A-Z]{{2}}\s+\d{{5}}(?:-\d{{4}})?\b",
+    0.6,
+)
+# German-style "Schulstraße 8, 20355 Hamburg".
+_DE_ADDRESS = Pattern(
+    "street name, number, postcode and town",
+    r"\b[A-ZÄÖÜ][\wäöüß-]*(?:straße|strasse|str\.|allee|weg|platz|gasse|ring|damm|ufer|chaussee)"
+    r"\s+\d{1,4}[a-z]?(?:,\s*\d{5}\s+[A-ZÄÖÜ][\wäöüß-]+)?",
+    0.6,
+)
 _UK_ADDRESS = Pattern(
     "uk street address",
     r"\b\d{1,4}[A-Z]?\s+(?:[A-Z][a-z]+\s+){1,3}(?:Street|St|Road|Rd|Lane|Ln|Avenue|Ave|Close|"
@@ -135,6 +160,11 @@ class WindowedPhoneRecognizer(PhoneRecognizer):
 
     _CANDIDATE = re.compile(r"\+?\(?\d[\d\s().\-/]{5,}\d")
 
+    def __init__(self, supported_regions: tuple[str, ...]):
+        super().__init__(supported_regions=supported_regions)
+        # A number written with its country code parses the same from any region: one pass.
+        self._international = PhoneRecognizer(supported_regions=supported_regions[:1])
+
     def analyze(
         self, text: str, entities: list[str], nlp_artifacts: NlpArtifacts | None = None
     ) -> list[RecognizerResult]:
@@ -143,42 +173,19 @@ class WindowedPhoneRecognizer(PhoneRecognizer):
             if sum(c.isdigit() for c in m.group()) < 7:
                 continue
             lo, hi = max(0, m.start() - 2), min(len(text), m.end() + 2)
-            for r in super().analyze(text[lo:hi], entities, nlp_artifacts):  # type: ignore[arg-type]
+            if m.group().startswith("+"):
+                found = self._international.analyze(text[lo:hi], entities, nlp_artifacts)  # type: ignore[arg-type]
+            else:
+                found = super().analyze(text[lo:hi], entities, nlp_artifacts)  # type: ignore[arg-type]
+            for r in found:
                 r.start, r.end = r.start + lo, r.end + lo
+                # Presidio keeps only results it can trace back to a registered recognizer.
+                r.recognition_metadata = {
+                    RecognizerResult.RECOGNIZER_NAME_KEY: getattr(self, "name"),  # noqa: B009
+                    RecognizerResult.RECOGNIZER_IDENTIFIER_KEY: getattr(self, "id"),  # noqa: B009
+                }
                 results.append(r)
         return list(EntityRecognizer.remove_duplicates(results))
-
-
-class StreetAddressRecognizer(EntityRecognizer):
-    """US street addresses found by ``pyap``, which runs only when a street word is present."""
-
-    _STREET = re.compile(
-        r"\b(?:street|st|avenue|ave|road|rd|boulevard|blvd|lane|ln|drive|dr|way|court|ct|"
-        r"place|pl|terrace|parkway|pkwy|highway|hwy|circle|cir|square|sq|trail|row)\b\.?",
-        re.IGNORECASE,
-    )
-
-    def __init__(self) -> None:
-        super().__init__(supported_entities=["LOCATION"], name="StreetAddressRecognizer")
-
-    def load(self) -> None:
-        pass
-
-    def analyze(
-        self, text: str, entities: list[str], nlp_artifacts: NlpArtifacts | None = None
-    ) -> list[RecognizerResult]:
-        import pyap
-
-        if not self._STREET.search(text):
-            return []
-        results = []
-        for country in ("US",):
-            for address in pyap.parse(text, country=country):
-                full = address.full_address
-                start = text.find(full)
-                if start >= 0:
-                    results.append(RecognizerResult("LOCATION", start, start + len(full), 0.7))
-        return results
 
 
 def _offline_tldextract() -> None:
@@ -211,12 +218,11 @@ def _analyzer() -> AnalyzerEngine:
     # The NER recognizer has nothing to work with on a blank pipeline.
     registry.remove_recognizer("SpacyRecognizer")
     registry.add_recognizer(PersonNameRecognizer())
-    registry.add_recognizer(StreetAddressRecognizer())
     registry.add_recognizer(
         PatternRecognizer(
             supported_entity="LOCATION",
             name="UkAddressRecognizer",
-            patterns=[_UK_ADDRESS],
+            patterns=[_UK_ADDRESS, _POSTCODE_ADDRESS, _ZIP_ADDRESS, _DE_ADDRESS],
             global_regex_flags=re.MULTILINE,  # case matters: capitalised words, postcodes
         )
     )
@@ -244,7 +250,10 @@ class Detector:
 
     def warm(self) -> None:
         """Build the analyzer and load the name list now rather than on the first request."""
-        self.find("warm up with Jane Doe at jane@example.org")
+        from tandem.privacy.names import warm_up
+
+        warm_up()
+        self.find("Warm up with Jane Doe and Sipho Ndlovu at jane@example.org, 1 Main Street.")
 
     def find(self, text: str) -> list[Finding]:
         if not text.strip():

@@ -75,6 +75,15 @@ _DRUG_STEM = Pattern(
     r"triptan|gliptin|gliflozin|glutide|dipine|oxetine|azepam|tidine)\b",
     0.5,
 )
+# Names of conditions and procedures by their shape: inflammations (-itis), "<X> disease",
+# "<X> syndrome", and operations on an organ.
+_CONDITION_SHAPE = Pattern(
+    "condition shape",
+    r"\b[a-z]{4,}itis\b|\b[\w'-]+\s+(?:disease|syndrome|deficiency)\b"
+    r"|\b(?:knee|hip|shoulder|heart|kidney|liver|lung|cataract|bypass|gallbladder|spinal|"
+    r"back|brain|bowel)\s+(?:replacement|surgery|transplant|operation|fusion)\b",
+    0.5,
+)
 _LAB = Pattern(
     "lab value",
     r"\b(?:hba1c|a1c|ldl|hdl|psa|tsh|free\s+t4|t4|inr|alt|ast|egfr|creatinine|glucose|cd4"
@@ -91,6 +100,6 @@ def medical_recognizer() -> PatternRecognizer:
         name="MedicalContentRecognizer",
         deny_list=CONDITIONS + MEDICATIONS,
         deny_list_score=0.6,
-        patterns=[_DOSE, _LAB, _DRUG_STEM],
+        patterns=[_DOSE, _LAB, _DRUG_STEM, _CONDITION_SHAPE],
         global_regex_flags=re.IGNORECASE | re.MULTILINE | re.DOTALL,
     )

@@ -50,7 +50,8 @@ _AMBIGUOUS = frozenset(
 _TITLES = r"(?:Dr|Mr|Mrs|Ms|Miss|Mx|Prof|Professor|Sir|Dame|Rev|Capt|Sgt)\.?"
 # Words after which capitalised words are a name, known or not ("Policyholder: Kwame Mensah").
 _CUES = (
-    r"(?:my|our|his|her|their)\s+(?:name\s+is|son|daughter|twins?|kids?|children|wife|husband|"
+    r"(?:my|our|his|her|their)\s+(?:(?:best|dear|late|new|old|eldest|youngest|little|older|"
+    r"younger)\s+)?(?:name\s+is|son|daughter|twins?|kids?|children|wife|husband|"
     r"partner|mother|father|mom|mum|dad|parents|brother|sister|friend|colleague|boss|manager|"
     r"patient|client|child|grandmother|grandfather|grandson|granddaughter|neighbou?r|doctor|"
     r"nurse|tenant|landlord|fiancée?|cousin|uncle|aunt|nephew|niece)"
@@ -61,10 +62,14 @@ _CUES = (
 )
 _PARTICLE = r"(?:van|von|de|da|del|der|den|di|du|le|la|bin|ibn|al|el|dos|das)"
 _CAP = r"\p{Lu}(?:\p{Ll}+|['’]\p{Lu}\p{Ll}+)(?:-\p{L}\p{Ll}+)?"  # Ana, O'Brien, Hye-jin
-_SURNAME = rf"(?:{_PARTICLE}\s+)?{_CAP}"
-_TITLE_NAME = regex.compile(rf"\b{_TITLES}\s+((?:{_CAP}\s+){{0,2}}{_CAP})")
-_CUE_NAME = regex.compile(rf"(?:\b|^)(?i:{_CUES})\s*,?\s+({_CAP}(?:\s+{_SURNAME}){{0,2}})")
-_NAME_RUN = regex.compile(rf"\b({_CAP})((?:\s+{_SURNAME}){{0,2}})")
+_SP = r"[ \t]+"  # names do not run across lines
+_WORD = regex.compile(_CAP)
+_SURNAME = rf"(?:{_PARTICLE}{_SP})?{_CAP}"
+_TITLE_NAME = regex.compile(rf"\b{_TITLES}{_SP}((?:{_CAP}{_SP}){{0,2}}{_CAP})")
+_CUE_NAME = regex.compile(rf"(?:\b|^)(?i:{_CUES})[ \t]*,?\s+({_CAP}(?:{_SP}{_SURNAME}){{0,2}})")
+_NAME_RUN = regex.compile(rf"\b({_CAP})((?:{_SP}{_SURNAME}){{0,2}})")
+# Romanised given names such as "Min-jun" or "Seo-yeon": no English word has that shape.
+_HYPHENATED = regex.compile(r"\p{Lu}\p{Ll}{1,5}-\p{Ll}{2,5}")
 
 
 @functools.cache
@@ -84,9 +89,33 @@ def first_names() -> frozenset[str]:
     return frozenset(names - _NOT_NAMES - STOP_WORDS)
 
 
+# Zipf frequencies (wordfreq, log10 of uses per billion words) below which a capitalised word
+# is taken for a name: "Ndlovu" 1.8, "Adebayo" 2.0, "Hye-jin" 3.2; "Tokyo" 4.3, "Theory" 4.9.
+RARE_IN_RUN = 3.2
+RARE_ALONE = 2.5
+
+
+@functools.lru_cache(maxsize=65536)
+def is_rare(word: str, below: float) -> bool:
+    from wordfreq import zipf_frequency
+
+    return bool(zipf_frequency(word.lower(), "en") < below)
+
+
+def warm_up() -> None:
+    """Load the name list and wordfreq's English list now (about 0.3 s) rather than on the
+    first request."""
+    first_names()
+    is_rare("warm", RARE_ALONE)
+
+
+def _has_given_name(rest: str, names: frozenset[str]) -> bool:
+    return any(w.lower() in names and w.lower() not in _AMBIGUOUS for w in _WORD.findall(rest))
+
+
 def _starts_sentence(text: str, m: regex.Match[str]) -> bool:
     before = text[: m.start(1)].rstrip(" \t")
-    return not before or before[-1] in '.!?\n"“(['
+    return not before or before[-1] in '.!?\n"“'
 
 
 class PersonNameRecognizer(EntityRecognizer):
@@ -97,7 +126,7 @@ class PersonNameRecognizer(EntityRecognizer):
         super().__init__(supported_entities=["PERSON"], name="PersonNameRecognizer")
 
     def load(self) -> None:
-        first_names()
+        pass  # the lists load on first use, or in warm_up()
 
     def analyze(
         self, text: str, entities: list[str], nlp_artifacts: NlpArtifacts | None = None
@@ -109,13 +138,30 @@ class PersonNameRecognizer(EntityRecognizer):
         for m in _NAME_RUN.finditer(text, overlapped=True):
             first = m.group(1)
             known = first.lower() in names and len(first) > 2
+            initial = _starts_sentence(text, m)
             if known and m.group(2):  # with a surname it is surely a name
                 found.setdefault((m.start(1), m.end(2)), 0.7)
-            elif known and first.lower() not in _AMBIGUOUS and not _starts_sentence(text, m):
+            elif known and first.lower() not in _AMBIGUOUS and not initial:
                 # A known first name alone, capitalised where a word would not be: likely.
                 found.setdefault(m.span(1), 0.5)
+            elif m.group(2) and (
+                _HYPHENATED.fullmatch(first)
+                or is_rare(first, RARE_IN_RUN)
+                or _has_given_name(m.group(2), names)  # family name first: "Nguyen Thi Lan"
+            ):
+                # Capitalised words led by one English hardly uses: a name the list lacks.
+                found.setdefault((m.start(1), m.end(2)), 0.55)
+            elif not m.group(2) and not initial and is_rare(first, RARE_ALONE):
+                found.setdefault(m.span(1), 0.45)
         for m in _CUE_NAME.finditer(text):
             found.setdefault(m.span(1), 0.65)
+        # Every other mention of a part of a name found above ("Aisha Bello ... Aisha said").
+        parts = {p for (s, e) in found for p in _WORD.findall(text[s:e]) if len(p) > 2}
+        if parts:
+            mention = regex.compile(r"\b(?:" + "|".join(map(regex.escape, parts)) + r")\b")
+            for m in mention.finditer(text):
+                if not any(s <= m.start() < e for (s, e) in found):
+                    found[m.span()] = 0.5
         return [
             RecognizerResult("PERSON", start, end, score) for (start, end), score in found.items()
         ]
