@@ -114,7 +114,7 @@ class CloudTier(Protocol):
     def available(self) -> bool: ...
 
     def stream_chat(
-        self, body: dict[str, Any], on_send: Callable[[bytes], None] | None = None
+        self, body: dict[str, Any], on_send: Callable[[bytes, str], None] | None = None
     ) -> AsyncIterator[Any]: ...
 
     def health(self) -> dict[str, Any]: ...
@@ -328,12 +328,14 @@ class Gateway:
         prompt_tokens: int | None = None
         completion_tokens: int | None = None
         finish = "stop"
-        sent: list[bytes] = []
+        sent: list[tuple[bytes, str]] = []
         outcome = "incomplete"
+
+        def record(body: bytes, endpoint: str) -> None:
+            sent.append((body, endpoint))
+
         try:
-            async for chunk in self.cloud.stream_chat(
-                cloud_body(turn, shield.messages), sent.append
-            ):
+            async for chunk in self.cloud.stream_chat(cloud_body(turn, shield.messages), record):
                 if chunk.text:
                     pieces += 1
                     restored = shield.restore(chunk.text)
@@ -348,8 +350,11 @@ class Gateway:
             outcome = f"error:{exc.code}"
             raise
         finally:
-            if sent:
-                await self._record_cloud_call(turn, shield, sent[0], outcome)
+            for i, (body, endpoint) in enumerate(sent):  # one per endpoint tried
+                failed_over = i < len(sent) - 1
+                await self._record_cloud_call(
+                    turn, shield, body, endpoint, "failed_over" if failed_over else outcome
+                )
         tail = shield.flush()
         if tail:
             text.append(tail)
@@ -368,7 +373,7 @@ class Gateway:
         }
 
     async def _record_cloud_call(
-        self, turn: Turn, shield: CloudShield, body: bytes, outcome: str
+        self, turn: Turn, shield: CloudShield, body: bytes, endpoint: str, outcome: str
     ) -> None:
         if self.audit is None:
             return
@@ -376,7 +381,7 @@ class Gateway:
         record = {
             "at": time.time(),
             "session_id": turn.session_id,
-            "endpoint": getattr(self.cloud, "base_url", "cloud"),
+            "endpoint": endpoint,
             "model": self.cloud.model,
             "mode": shield.mode.value,
             "redacted": shield.counts,

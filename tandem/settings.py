@@ -102,8 +102,15 @@ class Settings(BaseSettings):
     cloud_api_key: SecretStr | None = None
     cloud_model: str = "cloud"
     cloud_n_ctx: int = Field(8192, ge=64, description="Context window of the cloud model")
+    cloud_fallback_urls: list[str] = Field(
+        default_factory=list,
+        description="Further OpenAI-compatible endpoints, tried in order when cloud_url fails",
+    )
     cloud_connect_timeout_s: float = 3.0
     cloud_read_timeout_s: float = 60.0
+    cloud_deadline_s: float = Field(
+        300.0, gt=0, description="Longest a whole cloud answer may take"
+    )
     cloud_failure_threshold: int = Field(3, ge=1, description="Failures that open the breaker")
     cloud_cooldown_s: float = Field(15.0, ge=0, description="Breaker open time before a retry")
     cloud_probe_interval_s: float = Field(10.0, gt=0)

@@ -95,7 +95,7 @@ class CircuitBreaker:
             self.consecutive_failures >= self.failure_threshold
         ):
             if self._state is BreakerState.CLOSED:
-                logger.warning(
+                logger.info(
                     "Cloud circuit breaker opened after %d consecutive failures; "
                     "retrying in %.1f s",
                     self.consecutive_failures,
@@ -103,6 +103,16 @@ class CircuitBreaker:
                 )
             self._state = BreakerState.OPEN
             self._opened_at = self._clock()
+
+    def trip(self) -> None:
+        """Open now, whatever the count: the endpoint is known to be down (it timed out or
+        refused), and another endpoint can take the calls meanwhile."""
+        self.consecutive_failures = max(self.consecutive_failures, self.failure_threshold)
+        self._trial_in_flight = False
+        if self._state is BreakerState.CLOSED:
+            logger.info("Cloud circuit breaker opened; retrying in %.1f s", self.cooldown_s)
+        self._state = BreakerState.OPEN
+        self._opened_at = self._clock()
 
     def seconds_until_retry(self) -> float:
         """How long until a trial call is allowed (0 when one may be tried now)."""

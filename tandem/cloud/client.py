@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from tandem.settings import Settings
 
 logger = logging.getLogger(__name__)
+OnSend = Callable[[bytes, str], None]  # (request body, endpoint URL)
 
 RTT_ALPHA = 0.3  # weight of the newest sample in the round-trip-time average
 
@@ -50,6 +51,7 @@ class CloudClient:
         model: str = "cloud",
         connect_timeout_s: float = 3.0,
         read_timeout_s: float = 60.0,
+        deadline_s: float = 300.0,
         failure_threshold: int = 3,
         cooldown_s: float = 15.0,
         transport: httpx.AsyncBaseTransport | None = None,
@@ -60,6 +62,7 @@ class CloudClient:
         self._api_key = api_key
         self._connect_timeout_s = connect_timeout_s
         self._read_timeout_s = read_timeout_s
+        self._deadline_s = deadline_s
         self._clock = clock
         self.breaker = CircuitBreaker(failure_threshold, cooldown_s, clock=clock)
         self.healthy: bool | None = None  # None until the first probe or request settles it
@@ -85,6 +88,7 @@ class CloudClient:
             model=settings.cloud_model,
             connect_timeout_s=settings.cloud_connect_timeout_s,
             read_timeout_s=settings.cloud_read_timeout_s,
+            deadline_s=settings.cloud_deadline_s,
             failure_threshold=settings.cloud_failure_threshold,
             cooldown_s=settings.cloud_cooldown_s,
             transport=transport,
@@ -102,18 +106,27 @@ class CloudClient:
     # --- chat ------------------------------------------------------------------------------
 
     async def stream_chat(
-        self, body: dict[str, Any], on_send: Callable[[bytes], None] | None = None
+        self, body: dict[str, Any], on_send: OnSend | None = None
     ) -> AsyncGenerator[CloudChunk, None]:
         """Stream a chat completion; ``body`` is an OpenAI request (its ``model`` is replaced).
-        ``on_send`` receives the exact request body bytes before they are sent.
+        ``on_send`` receives the exact request body bytes and this endpoint's URL before they
+        are sent.
 
-        Raises CloudError (code ``circuit_open``) at once while the breaker is open.
+        Raises CloudError (code ``circuit_open``) at once while the breaker is open, and
+        ``cloud_deadline`` when the whole answer takes longer than ``deadline_s``.
         """
         self._admit()
         settled = False
+        started = self._clock()
         try:
             async with self._open_stream(self._request_body(body), on_send) as response:
                 async for chunk in read_chunks(response, self._redact):
+                    if self._clock() - started > self._deadline_s:
+                        raise self._error(
+                            f"The cloud at {self.base_url} did not finish within "
+                            f"{self._deadline_s} s (cloud_deadline_s).",
+                            "cloud_deadline",
+                        )
                     yield chunk
             self._record_success()
             settled = True
@@ -163,13 +176,13 @@ class CloudClient:
 
     @asynccontextmanager
     async def _open_stream(
-        self, body: dict[str, Any], on_send: Callable[[bytes], None] | None = None
+        self, body: dict[str, Any], on_send: OnSend | None = None
     ) -> AsyncIterator[httpx.Response]:
         url = f"{self.base_url}/chat/completions"
         started = self._clock()
         content = canonical_json(body)
         if on_send is not None:
-            on_send(content)
+            on_send(content, self.base_url)
         with self._mapped_errors():
             request = self._http.build_request(
                 "POST", url, content=content, headers=self._headers()
@@ -250,6 +263,8 @@ class CloudClient:
             self.rtt_ms = RTT_ALPHA * sample + (1.0 - RTT_ALPHA) * self.rtt_ms
 
     def _record_success(self) -> None:
+        if self.healthy is False:
+            logger.info("The cloud at %s answers again.", self.base_url)
         self.healthy = True
         self.breaker.record_success()
 
@@ -258,10 +273,14 @@ class CloudClient:
             # The endpoint answered; only the request was wrong.
             self._record_success()
             return
+        # One line when the endpoint goes down, not one per failed request or probe.
+        if self.healthy is not False:
+            logger.warning("%s Requests go to the local model until it answers.", exc.message)
+        else:
+            logger.debug("Cloud still failing: %s", exc.message)
         self.healthy = False
         self.last_error = exc.message
         self.breaker.record_failure()
-        logger.warning("Cloud request failed: %s", exc.message)
 
     # --- errors and secrets ----------------------------------------------------------------
 
