@@ -20,13 +20,17 @@ def build_gateway(settings: Settings) -> Gateway:
     """The gateway the settings describe (the model is not loaded until the app starts)."""
     from tandem.catalog import resolve_model
     from tandem.cloud.client import CloudClient
+    from tandem.cloud.pool import CloudPool
     from tandem.local.engine import LocalEngine
 
     path, chat_format = resolve_model(settings.local_model)
     engine = LocalEngine(settings, path, chat_format)
-    cloud = None
-    if settings.cloud_url:
-        cloud = CloudClient.from_settings(settings, settings.cloud_url)
+    cloud: CloudClient | CloudPool | None = None
+    urls = [u for u in (settings.cloud_url, *settings.cloud_fallback_urls) if u]
+    if len(urls) == 1:
+        cloud = CloudClient.from_settings(settings, urls[0])
+    elif urls:
+        cloud = CloudPool([CloudClient.from_settings(settings, u) for u in urls])
     metrics = GatewayMetrics(queue_depth=lambda: engine.queue_depth)
     metrics.watch(
         "tandem_session_kv_bytes",

@@ -108,7 +108,8 @@ class LocalTier(Protocol):
 
 
 class CloudTier(Protocol):
-    model: str
+    @property
+    def model(self) -> str: ...
 
     @property
     def available(self) -> bool: ...
