@@ -19,7 +19,7 @@ from tandem.gateway import Gateway, GatewayEvent, RouteInfo, Turn
 from tandem.local.chat import Message
 from tandem.privacy.policy import PrivacyMode, strictest
 from tandem.privacy.redact import Placeholders
-from tandem.sessions.store import Answer, SessionStore, Status
+from tandem.sessions.store import Answer, SessionStore, SessionStoreError, Status
 
 log = logging.getLogger("tandem.sessions")
 
@@ -95,6 +95,8 @@ class SessionService:
         answer = _answer(route, text, "interrupted", None)
         try:
             self.store.append(session_id, added, answer, None, turn.privacy.value, table)
+        except SessionStoreError as exc:
+            log.warning("could not record the interrupted answer: %s", exc.message)
         except Exception:
             log.exception("could not record the interrupted answer of session %s", session_id)
 

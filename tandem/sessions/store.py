@@ -9,12 +9,13 @@ survive a crash of the process (and of the machine).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -31,6 +32,11 @@ class SessionStoreError(TandemError):
     """The session database cannot be opened or used."""
 
     code = "session_store_error"
+
+    def __init__(self, message: str, *, code: str | None = None, status_code: int | None = None):
+        super().__init__(message, code=code)
+        if status_code is not None:
+            self.status_code = status_code
 
 
 @dataclass(frozen=True)
@@ -210,7 +216,8 @@ class SqliteSessionStore:
                 db.execute(f"PRAGMA user_version = {target}")
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                if db.in_transaction:  # SQLite may have rolled back already (disk full)
+                    db.execute("ROLLBACK")
                 raise
 
     @property
@@ -284,7 +291,7 @@ class SqliteSessionStore:
         """Write one exchange (the new messages and the answer) atomically, with the session's
         privacy mode and new placeholders."""
         now = time.time()
-        with self._lock:
+        with self._lock, self._writing():
             db = self._db
             db.execute("BEGIN IMMEDIATE")
             try:
@@ -341,13 +348,14 @@ class SqliteSessionStore:
                 )
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                if db.in_transaction:  # SQLite may have rolled back already (disk full)
+                    db.execute("ROLLBACK")
                 raise
 
     def record_audit(self, record: dict[str, Any]) -> None:
         """One cloud call: when, for which session, where, what was redacted, a hash of the
         body. Never the text."""
-        with self._lock:
+        with self._lock, self._writing():
             self._db.execute(
                 "INSERT INTO audit (at, session_id, endpoint, model, mode, redacted, body_sha256, "
                 "body_bytes, outcome) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -378,9 +386,28 @@ class SqliteSessionStore:
         return rows
 
     def delete(self, session_id: str) -> bool:
-        with self._lock:
+        with self._lock, self._writing():
             cursor = self._db.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
             return cursor.rowcount > 0
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Storage failures (disk full, I/O error, file locked too long) as a clear error; the
+        transaction is rolled back, so the database keeps its last committed state."""
+        try:
+            yield
+        except sqlite3.IntegrityError:
+            raise  # a bug or bad data, not the storage
+        except sqlite3.OperationalError as exc:
+            full = "full" in str(exc)
+            raise SessionStoreError(
+                f"Could not write to the session database {self.path}: {exc}. Nothing of this "
+                "turn was saved; "
+                + ("free disk space" if full else "check the disk and the file's permissions")
+                + " and retry.",
+                code="storage_full" if full else "storage_error",
+                status_code=507 if full else 503,
+            ) from None
 
     def close(self) -> None:
         with self._lock:

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +27,12 @@ class GatewayServer:
 
 
 @contextmanager
-def gateway_server(cloud_url: str | None, **env: str) -> Iterator[GatewayServer]:
+def gateway_server(
+    cloud_url: str | None, preexec_fn: Callable[[], None] | None = None, **env: str
+) -> Iterator[GatewayServer]:
     """Start `python -m tandem serve` (sessions in a fresh temporary database unless
-    TANDEM_SESSIONS_DB is given) and yield it once the local model is ready."""
+    TANDEM_SESSIONS_DB is given) and yield it once the local model is ready. ``preexec_fn``
+    runs in the child before it starts (e.g. to set resource limits)."""
     port = free_port()
     workdir = Path(tempfile.mkdtemp())
     log = workdir / "gateway.log"
@@ -43,6 +46,7 @@ def gateway_server(cloud_url: str | None, **env: str) -> Iterator[GatewayServer]
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**os.environ, "TANDEM_N_THREADS": "2", "TANDEM_SESSIONS_DB": str(db), **env},
+            preexec_fn=preexec_fn,
         )
     base = f"http://127.0.0.1:{port}"
     try:
