@@ -14,6 +14,7 @@ snapshot it ships instead of fetching the list on first use.
 from __future__ import annotations
 
 import functools
+import logging
 import re
 import time
 from dataclasses import dataclass
@@ -200,6 +201,8 @@ def _analyzer() -> AnalyzerEngine:
     from tandem.privacy.names import PersonNameRecognizer
 
     _offline_tldextract()
+    # Loading the predefined recognizers warns once per recognizer of another language.
+    logging.getLogger("presidio-analyzer").setLevel(logging.ERROR)
     nlp = _BlankSpacy()
     nlp.load()
     registry = RecognizerRegistry(supported_languages=["en"])
