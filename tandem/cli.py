@@ -300,6 +300,41 @@ def bench_privacy(
         typer.echo(json.dumps(result, indent=2, ensure_ascii=False))
 
 
+@bench_app.command("faults")
+def bench_faults(
+    quick: Annotated[bool, typer.Option(help="6 requests per fault instead of 30")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON result")] = False,
+    out: Annotated[Path, typer.Option(help="Where to write the JSON")] = Path(
+        "bench/results/faults.json"
+    ),
+) -> None:
+    """The fault matrix between the gateway and the stand-in cloud, with numbers."""
+    from bench.faults import run_faults_bench
+
+    result = run_faults_bench(load_settings(), quick=quick, out=out, console=console)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+
+
+@bench_app.command("load")
+def bench_load(
+    quick: Annotated[bool, typer.Option(help="Levels 1, 4, 16 for 15 s each, no soak")] = False,
+    soak_s: Annotated[
+        float | None, typer.Option(help="Soak duration in seconds (default: 600, none if quick)")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON result")] = False,
+    out: Annotated[Path, typer.Option(help="Where to write the JSON")] = Path(
+        "bench/results/load.json"
+    ),
+) -> None:
+    """Concurrent clients through `tandem serve`: throughput, latency, rejections, memory."""
+    from bench.load import run_load_bench
+
+    result = run_load_bench(load_settings(), quick=quick, out=out, console=console, soak_s=soak_s)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+
+
 @bench_app.command("handoff")
 def bench_handoff(
     quick: Annotated[bool, typer.Option(help="One short conversation, fewer sessions")] = False,
