@@ -1,0 +1,532 @@
+"""``tandem bench load``: concurrent clients through a real ``tandem serve``.
+
+A gateway process (the stand-in cloud beside it) serves N concurrent clients (1, 4, 16 and 64;
+quick: 1, 4, 16) for a bounded time per level. Every client has its own HTTP connection and
+loops: local, cloud, local, cloud, ... with streaming and non-streaming requests interleaved, so
+each level sees a quarter of every (route, stream) pair. A 503 with ``Retry-After`` (the bounded
+local queue is full) is a deliberate rejection: the client waits as told (at most 1 s) and goes
+on. Every 0.5 s the gateway's ``/healthz`` queue depth and its process RSS are sampled.
+
+Per level: throughput, TTFT (streaming requests: time to the first non-empty content delta) and
+total latency percentiles per route, rejections, errors, queue depth and peak RSS. The baseline
+is measured in the same run: the 1-client level, where nothing competes with a request.
+
+Checks, each with the numbers it used:
+
+- ``no_unexpected_5xx``: no status >= 500 other than a 503 with ``Retry-After``, no error
+  reported in-band in a stream, and no dropped connection.
+- ``cloud_not_blocked``: at each mixed level, the cloud route's median TTFT is at most 2x that of
+  a cloud-only level with as many cloud clients (measured in the same run): cloud requests
+  proceed beside local generation, not behind it. (The stand-in serves one request at a time,
+  so comparing with the 1-client figure would measure its queue, not Tandem's.)
+- ``local_p99_ttft_4_clients``: p99 local TTFT at 4 clients <= 4x the 1-client median local TTFT
+  plus a queue allowance of ``queue_size`` x the 1-client median local total time.
+- ``memory_flat`` (with a soak: 4 clients for ``soak_s`` seconds, RSS every 5 s): the median RSS
+  of the last minute is at most 5% above that of the first minute (windows of a third of the
+  soak when it is shorter than 3 minutes).
+
+On one machine the stand-in cloud (``llama_cpp.server``) answers one request at a time and shares
+the CPU with the local model, so the cloud figures at many clients measure it as much as Tandem.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.console import Console
+
+from tandem.settings import Settings
+
+QUESTIONS = [
+    "Name three uses of copper.",
+    "Why is the sky blue?",
+    "What does a compiler do?",
+    "How do plants make food?",
+    "What is a prime number?",
+    "Suggest a name for a boat.",
+    "Why do we sleep?",
+]
+# (route, stream) in the order a client cycles through them.
+MIX = [("local", True), ("cloud", True), ("local", False), ("cloud", False)]
+CLOUD_ONLY = [("cloud", True), ("cloud", False)]
+CLIENT_TIMEOUT_S = 120.0
+MAX_RETRY_WAIT_S = 1.0
+MEMORY_GROWTH_LIMIT = 0.05
+
+
+def _conf(quick: bool) -> dict[str, Any]:
+    if quick:
+        return {"levels": [1, 4, 16], "level_s": 15.0, "max_tokens": 16, "soak_s": None}
+    return {"levels": [1, 4, 16, 64], "level_s": 40.0, "max_tokens": 32, "soak_s": 600.0}
+
+
+# -- the gateway process ------------------------------------------------------------------------
+
+
+class _GatewayProcess:
+    """``python -m tandem serve`` against the stand-in cloud, logging to a file."""
+
+    def __init__(self, settings: Settings, cloud_url: str, workdir: Path):
+        from tandem.net import free_port
+
+        self.base = f"http://127.0.0.1:{free_port()}"
+        self.log = workdir / "gateway.log"
+        cmd = [sys.executable, "-m", "tandem", "serve", "--port", self.base.rsplit(":", 1)[1]]
+        cmd += ["--no-standin", "--cloud-url", cloud_url]
+        env = {
+            **os.environ,
+            "TANDEM_N_THREADS": str(settings.n_threads or 2),
+            "TANDEM_SESSIONS_DB": str(workdir / "s.db"),
+            "TANDEM_QUEUE_SIZE": str(settings.queue_size),
+            "TANDEM_LOCAL_MODEL": settings.local_model,
+        }
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+
+    def wait_ready(self, timeout_s: float = 180.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the gateway exited while starting:\n{self.log_tail()}")
+            with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
+                if httpx.get(f"{self.base}/healthz").json()["local"]["state"] == "ready":
+                    return
+            time.sleep(0.2)
+        raise RuntimeError(f"the gateway was not ready in {timeout_s:.0f} s:\n{self.log_tail()}")
+
+    def rss_bytes(self) -> int:
+        import psutil  # type: ignore[import-untyped]
+
+        rss: int = psutil.Process(self.proc.pid).memory_info().rss
+        return rss
+
+    def log_tail(self, chars: int = 2000) -> str:
+        return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+# -- clients ------------------------------------------------------------------------------------
+
+
+async def _request(
+    client: httpx.AsyncClient, url: str, route: str, stream: bool, max_tokens: int, q: str
+) -> dict[str, Any]:
+    """One chat completion; what the client saw of it."""
+    body: dict[str, Any] = {
+        "messages": [{"role": "user", "content": q}],
+        "max_tokens": max_tokens,
+        "temperature": 0.7,
+        "stream": stream,
+        "tandem": {"route": route},
+    }
+    if stream:
+        body["stream_options"] = {"include_usage": True}
+    rec: dict[str, Any] = {"route": route, "stream": stream, "status": None, "answered": None}
+    rec.update({"retry_after": None, "ttft_s": None, "tokens": 0, "error": None})
+    started = time.perf_counter()
+    try:
+        async with client.stream("POST", url, json=body) as r:
+            rec.update(status=r.status_code, answered=r.headers.get("x-tandem-route"))
+            rec["retry_after"] = r.headers.get("retry-after")
+            if r.status_code != 200:
+                await r.aread()
+                rec["error"] = f"http_{r.status_code}"
+            elif stream:
+                await _read_sse(r, rec, started)
+            else:
+                rec["tokens"] = json.loads(await r.aread())["usage"]["completion_tokens"]
+    except (httpx.HTTPError, ValueError, KeyError) as exc:
+        rec["error"] = f"exception:{type(exc).__name__}"
+    rec["total_s"] = time.perf_counter() - started
+    return rec
+
+
+async def _read_sse(r: httpx.Response, rec: dict[str, Any], started: float) -> None:
+    done = False
+    async for line in r.aiter_lines():
+        if not line.startswith("data: "):
+            continue
+        if line == "data: [DONE]":
+            done = True
+            break
+        chunk = json.loads(line[6:])
+        if "error" in chunk:
+            rec["error"] = f"stream_error:{chunk['error'].get('code')}"
+        if chunk.get("usage"):
+            rec["tokens"] = chunk["usage"]["completion_tokens"]
+        choices = chunk.get("choices") or [{}]
+        if rec["ttft_s"] is None and choices[0].get("delta", {}).get("content"):
+            rec["ttft_s"] = time.perf_counter() - started
+    if not done and rec["error"] is None:
+        rec["error"] = "stream_truncated"
+
+
+async def _client(
+    i: int,
+    url: str,
+    deadline: float,
+    max_tokens: int,
+    records: list[dict[str, Any]],
+    mix: list[tuple[str, bool]],
+) -> None:
+    """Send requests back to back until ``deadline``; honour Retry-After on a 503."""
+    async with httpx.AsyncClient(timeout=CLIENT_TIMEOUT_S) as client:
+        n = 0
+        while time.monotonic() < deadline:
+            route, stream = mix[(n + i) % len(mix)]
+            question = QUESTIONS[(n + i) % len(QUESTIONS)]
+            rec = await _request(client, url, route, stream, max_tokens, question)
+            records.append(rec)
+            n += 1
+            if rec["status"] == 503 and rec["retry_after"] is not None:
+                await asyncio.sleep(min(float(rec["retry_after"]), MAX_RETRY_WAIT_S))
+
+
+async def _monitor(
+    gw: _GatewayProcess, every_s: float, stop: asyncio.Event
+) -> list[dict[str, Any]]:
+    """Queue depth and RSS every ``every_s`` seconds, and once more when ``stop`` is set."""
+    samples = []
+    started = time.monotonic()
+    async with httpx.AsyncClient(timeout=10.0) as client:
+        while True:
+            depth = None
+            with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
+                depth = (await client.get(f"{gw.base}/healthz")).json()["local"]["queue_depth"]
+            rss = await asyncio.to_thread(gw.rss_bytes)
+            samples.append({"t_s": time.monotonic() - started, "queue_depth": depth, "rss": rss})
+            if stop.is_set():
+                return samples
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), every_s)
+
+
+async def _run_level(
+    gw: _GatewayProcess,
+    clients: int,
+    duration_s: float,
+    max_tokens: int,
+    every_s: float,
+    mix: list[tuple[str, bool]] = MIX,
+) -> dict[str, Any]:
+    records: list[dict[str, Any]] = []
+    url = f"{gw.base}/v1/chat/completions"
+    stop = asyncio.Event()
+    monitor = asyncio.create_task(_monitor(gw, every_s, stop))
+    started = time.monotonic()
+    deadline = started + duration_s
+    await asyncio.gather(
+        *(_client(i, url, deadline, max_tokens, records, mix) for i in range(clients))
+    )
+    elapsed = time.monotonic() - started  # the last requests end after the deadline
+    stop.set()
+    samples = await monitor
+    return {"clients": clients, "elapsed_s": elapsed, "records": records, "samples": samples}
+
+
+async def _warm_up(gw: _GatewayProcess, max_tokens: int) -> None:
+    """One request of each kind first, so the 1-client baseline pays no first-use costs."""
+    async with httpx.AsyncClient(timeout=CLIENT_TIMEOUT_S) as client:
+        for route, stream in MIX:
+            url = f"{gw.base}/v1/chat/completions"
+            await _request(client, url, route, stream, max_tokens, QUESTIONS[0])
+
+
+# -- summaries ----------------------------------------------------------------------------------
+
+
+def _pcts_ms(values: list[float]) -> dict[str, float | None]:
+    """p50, p95 and p99 in ms (linear interpolation between samples); None without samples."""
+    if not values:
+        return {"p50": None, "p95": None, "p99": None}
+    cuts = statistics.quantiles(
+        values * 2 if len(values) == 1 else values, n=100, method="inclusive"
+    )
+    return {f"p{q}": 1000 * cuts[q - 1] for q in (50, 95, 99)}
+
+
+def _deliberate(r: dict[str, Any]) -> bool:
+    return r["status"] == 503 and r["retry_after"] is not None
+
+
+def _unexpected(r: dict[str, Any]) -> bool:
+    """A server-side failure: a 5xx other than a deliberate 503, an in-band error, a drop."""
+    if _deliberate(r):
+        return False
+    return (r["status"] or 0) >= 500 or (r["error"] or "").startswith(("stream_", "exception:"))
+
+
+def _route_summary(ok: list[dict[str, Any]], route: str, elapsed: float) -> dict[str, Any]:
+    rs = [r for r in ok if r["route"] == route]
+    ttft = [r["ttft_s"] for r in rs if r["stream"] and r["ttft_s"] is not None]
+    tokens = sum(r["tokens"] for r in rs)
+    return {
+        "completed": len(rs),
+        "answered_elsewhere": sum(r["answered"] != route for r in rs),
+        "ttft_ms": _pcts_ms(ttft),
+        "total_ms": _pcts_ms([r["total_s"] for r in rs]),
+        "tokens": tokens,
+        "tokens_per_s": tokens / elapsed,
+    }
+
+
+def _summary(level: dict[str, Any]) -> dict[str, Any]:
+    records, samples, elapsed = level["records"], level["samples"], level["elapsed_s"]
+    ok = [r for r in records if r["status"] == 200 and r["error"] is None]
+    failed = [r for r in records if r["error"] is not None and not _deliberate(r)]
+    depths = [s["queue_depth"] for s in samples if s["queue_depth"] is not None]
+    return {
+        "clients": level["clients"],
+        "elapsed_s": elapsed,
+        "requests": len(records),
+        "completed": len(ok),
+        "throughput_req_s": len(ok) / elapsed,
+        "routes": {route: _route_summary(ok, route, elapsed) for route in ("local", "cloud")},
+        "rejections_503": sum(_deliberate(r) for r in records),
+        "errors": dict(collections.Counter(r["error"] for r in failed)),
+        "unexpected_5xx": sum(_unexpected(r) for r in records),
+        "queue_depth_max": max(depths, default=None),
+        "queue_depth_mean": statistics.fmean(depths) if depths else None,
+        "peak_rss_mb": max(s["rss"] for s in samples) / 1e6,
+    }
+
+
+def _memory(samples: list[dict[str, Any]], elapsed: float) -> dict[str, Any]:
+    window = min(60.0, elapsed / 3)
+    first = [s["rss"] for s in samples if s["t_s"] <= window]
+    last = [s["rss"] for s in samples if s["t_s"] >= elapsed - window]
+    first_mb, last_mb = statistics.median(first) / 1e6, statistics.median(last) / 1e6
+    growth = (last_mb - first_mb) / first_mb
+    return {
+        "window_s": window,
+        "first_median_rss_mb": first_mb,
+        "last_median_rss_mb": last_mb,
+        "growth": growth,
+        "passed": growth <= MEMORY_GROWTH_LIMIT,
+    }
+
+
+# -- checks -------------------------------------------------------------------------------------
+
+
+def _checks(
+    levels: dict[int, dict[str, Any]],
+    cloud_only: dict[int, dict[str, Any]],
+    soak: dict[str, Any] | None,
+    queue_size: int,
+) -> dict[str, Any]:
+    unexpected: dict[str, int] = {str(n): s["unexpected_5xx"] for n, s in levels.items()}
+    if soak is not None:
+        unexpected["soak"] = soak["unexpected_5xx"]
+    checks = {
+        "no_unexpected_5xx": {"passed": sum(unexpected.values()) == 0, "by_level": unexpected},
+        "cloud_not_blocked": _cloud_check(levels, cloud_only),
+        "local_p99_ttft_4_clients": _local_check(levels, queue_size),
+    }
+    if soak is not None:
+        checks["memory_flat"] = soak["memory"]
+    return checks
+
+
+def _cloud_check(
+    levels: dict[int, dict[str, Any]], cloud_only: dict[int, dict[str, Any]]
+) -> dict[str, Any]:
+    """Cloud requests are not queued behind local generation: at each mixed level, the cloud
+    route's median TTFT is at most 2x that of the cloud route alone with as many clients (the
+    stand-in serves one request at a time, so its own queue is in both), and well below the
+    local route's median TTFT whenever local requests queue."""
+
+    def p50(level: dict[str, Any], route: str) -> float | None:
+        value: float | None = level["routes"][route]["ttft_ms"]["p50"]
+        return value
+
+    by_level = {}
+    for n, level in levels.items():
+        if n == 1 or n // 2 not in cloud_only:
+            continue
+        by_level[n] = {
+            "mixed_cloud_p50_ttft_ms": p50(level, "cloud"),
+            "cloud_only_p50_ttft_ms": p50(cloud_only[n // 2], "cloud"),
+            "ratio_to_cloud_only": _ratio(p50(level, "cloud"), p50(cloud_only[n // 2], "cloud")),
+            "mixed_local_p50_ttft_ms": p50(level, "local"),
+        }
+    return {
+        "passed": all(
+            v["ratio_to_cloud_only"] is not None and v["ratio_to_cloud_only"] <= 2.0
+            for v in by_level.values()
+        ),
+        "by_level": by_level,
+        "single_client_median_ttft_ms": p50(levels[1], "cloud"),
+    }
+
+
+def _local_check(levels: dict[int, dict[str, Any]], queue_size: int) -> dict[str, Any]:
+    base = levels[1]["routes"]["local"]
+    ttft1, total1 = base["ttft_ms"]["p50"], base["total_ms"]["p50"]
+    p99 = levels[4]["routes"]["local"]["ttft_ms"]["p99"] if 4 in levels else None
+    allowance = None if total1 is None else queue_size * total1
+    limit = None if ttft1 is None or allowance is None else 4 * ttft1 + allowance
+    return {
+        "passed": p99 is not None and limit is not None and p99 <= limit,
+        "p99_ttft_ms": p99,
+        "single_client_median_ttft_ms": ttft1,
+        "queue_allowance_ms": allowance,
+        "limit_ms": limit,
+        "p99_over_single_median": _ratio(p99, ttft1),
+        "p99_over_limit": _ratio(p99, limit),
+    }
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else a / b
+
+
+# -- orchestration ------------------------------------------------------------------------------
+
+
+async def _measure(
+    gw: _GatewayProcess, conf: dict[str, Any], soak_s: float | None, console: Console
+) -> dict[str, Any]:
+    await _warm_up(gw, conf["max_tokens"])
+    levels: dict[int, dict[str, Any]] = {}
+    for clients in conf["levels"]:
+        console.print(f"[dim]bench load: {clients} clients for {conf['level_s']:.0f} s…[/dim]")
+        level = await _run_level(gw, clients, conf["level_s"], conf["max_tokens"], 0.5)
+        levels[clients] = _summary(level)
+    # The cloud route alone, with as many clients as send cloud requests in a mixed level: what
+    # the cloud's own latency is at that concurrency, without any local generation.
+    cloud_only: dict[int, dict[str, Any]] = {}
+    for clients in conf["levels"]:
+        if clients > 1:
+            n = clients // 2
+            console.print(f"[dim]bench load: cloud only, {n} clients…[/dim]")
+            level = await _run_level(
+                gw, n, conf["level_s"], conf["max_tokens"], 0.5, mix=CLOUD_ONLY
+            )
+            cloud_only[n] = _summary(level)
+    soak = None
+    if soak_s:
+        console.print(f"[dim]bench load: soak, 4 clients for {soak_s:.0f} s…[/dim]")
+        level = await _run_level(gw, 4, soak_s, conf["max_tokens"], 5.0)
+        soak = {
+            **_summary(level),
+            "memory": _memory(level["samples"], level["elapsed_s"]),
+            "rss_mb": [(round(s["t_s"], 1), s["rss"] / 1e6) for s in level["samples"]],
+        }
+    return {"levels": levels, "cloud_only": cloud_only, "soak": soak}
+
+
+def run_load_bench(
+    settings: Settings, quick: bool, out: Path, console: Console, soak_s: float | None = None
+) -> dict[str, Any]:
+    """Run every concurrency level (and the soak) against a fresh gateway; write ``out``."""
+    from tandem.cloud.standin import StandinCloud
+
+    conf = _conf(quick)
+    soak = conf["soak_s"] if soak_s is None else soak_s
+    console.print("[dim]Starting the stand-in cloud and the gateway…[/dim]")
+    with (
+        StandinCloud.from_settings(settings, port=0) as standin,
+        tempfile.TemporaryDirectory() as d,
+    ):
+        gw = _GatewayProcess(settings, standin.base_url, Path(d))
+        try:
+            gw.wait_ready()
+            measured = asyncio.run(_measure(gw, conf, soak, console))
+        finally:
+            gw.stop()
+        log_tail = gw.log_tail()
+    result = _result(settings, quick, {**conf, "soak_s": soak}, measured)
+    if not result["checks"]["no_unexpected_5xx"]["passed"]:
+        result["gateway_log_tail"] = log_tail
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    _print(result, console)
+    return result
+
+
+def _result(
+    settings: Settings, quick: bool, conf: dict[str, Any], measured: dict[str, Any]
+) -> dict[str, Any]:
+    levels, soak = measured["levels"], measured["soak"]
+    return {
+        "bench": "load",
+        "quick": quick,
+        "config": {
+            **conf,
+            "model": settings.local_model,
+            "cloud_model": settings.standin_model,
+            "queue_size": settings.queue_size,
+            "n_threads": settings.n_threads or 2,
+        },
+        "baseline": "the 1-client level, measured in this run",
+        "levels": {str(n): s for n, s in levels.items()},
+        "cloud_only": {str(n): s for n, s in measured["cloud_only"].items()},
+        "soak": soak,
+        "checks": _checks(levels, measured["cloud_only"], soak, settings.queue_size),
+    }
+
+
+def _ms(v: float | None) -> str:
+    return "–" if v is None else f"{v:.0f}"
+
+
+def _row(name: str, s: dict[str, Any]) -> list[str]:
+    local, cloud = s["routes"]["local"], s["routes"]["cloud"]
+    errors = sum(s["errors"].values())
+    depth = s["queue_depth_mean"]
+    return [
+        name,
+        str(s["requests"]),
+        f"{s['throughput_req_s']:.2f}",
+        f"{local['tokens_per_s']:.1f}",
+        f"{_ms(local['ttft_ms']['p50'])}/{_ms(local['ttft_ms']['p99'])}",
+        f"{_ms(local['total_ms']['p50'])}/{_ms(local['total_ms']['p99'])}",
+        f"{_ms(cloud['ttft_ms']['p50'])}/{_ms(cloud['ttft_ms']['p99'])}",
+        f"{_ms(cloud['total_ms']['p50'])}/{_ms(cloud['total_ms']['p99'])}",
+        str(s["rejections_503"]),
+        f"{errors} ({s['unexpected_5xx']} 5xx)",
+        f"{s['queue_depth_max']}/{'–' if depth is None else f'{depth:.1f}'}",
+        f"{s['peak_rss_mb']:.0f}",
+    ]
+
+
+def _print(result: dict[str, Any], console: Console) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"load ({result['config']['model']}; ms as p50/p99)")
+    cols = ["clients", "req", "req/s", "local tok/s", "local TTFT", "local total"]
+    cols += ["cloud TTFT", "cloud total", "503", "errors", "queue max/mean", "RSS MB"]
+    for col in cols:
+        table.add_column(col, justify="right")
+    for n, s in result["levels"].items():
+        table.add_row(*_row(n, s))
+    for n, s in result["cloud_only"].items():
+        table.add_row(*_row(f"{n} cloud only", s))
+    if result["soak"] is not None:
+        table.add_row(*_row("soak 4", result["soak"]))
+    console.print(table)
+    for name, check in result["checks"].items():
+        mark = "[green]pass[/green]" if check["passed"] else "[red]FAIL[/red]"
+        numbers = {k: v for k, v in check.items() if k != "passed"}
+        console.print(f"{mark} {name}: {json.dumps(numbers, default=str)}", soft_wrap=True)
