@@ -271,7 +271,8 @@ def _child_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k.upper() not in _CHILD_ENV_DROP}
     # The stand-in shares the CPU with the local model. llama.cpp's OpenMP threads spin while
     # they wait for work; two spinning teams on a small machine starve each other (measured:
-    # throughput fell 9x at 16 clients). Passive waiting lets them share the cores.
+    # throughput fell 9x at 16 clients). Passive waiting lets them share the cores, at a price
+    # this fixture can pay: about 3.7x slower decoding (measured on the local model, 2 cores).
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     return env
 
