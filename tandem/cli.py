@@ -27,6 +27,19 @@ CloudUrl = Annotated[
     str | None, typer.Option(help="OpenAI-compatible cloud base URL (default: stand-in cloud)")
 ]
 Model = Annotated[str | None, typer.Option("--model", help="Bundled model name or GGUF path")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print the JSON result")]
+BenchOut = Annotated[
+    Path | None, typer.Option(help="Where to write the JSON (default: bench/results/NAME.json)")
+]
+
+
+def _results(name: str) -> Path:
+    return Path("bench/results") / f"{name}.json"
+
+
+def _emit(result: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(result, indent=2, ensure_ascii=False))
 
 
 @contextlib.contextmanager
@@ -282,38 +295,38 @@ def audit(
 @bench_app.command("privacy")
 def bench_privacy(
     quick: Annotated[bool, typer.Option(help="Fewer latency runs")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON result")] = False,
+    as_json: AsJson = False,
     corpus: Annotated[
         Path | None, typer.Option(help="Another corpus in the same JSONL format")
     ] = None,
-    out: Annotated[Path, typer.Option(help="Where to write the JSON")] = Path(
-        "bench/results/privacy.json"
-    ),
+    out: BenchOut = None,
 ) -> None:
     """Detection recall/precision per category, false redactions, and latency per request."""
     from bench.privacy import CORPUS, run_privacy_bench
 
     result = run_privacy_bench(
-        load_settings(), quick=quick, out=out, console=console, corpus=corpus or CORPUS
+        load_settings(),
+        quick=quick,
+        out=out or _results("privacy"),
+        console=console,
+        corpus=corpus or CORPUS,
     )
-    if as_json:
-        typer.echo(json.dumps(result, indent=2, ensure_ascii=False))
+    _emit(result, as_json)
 
 
 @bench_app.command("faults")
 def bench_faults(
     quick: Annotated[bool, typer.Option(help="6 requests per fault instead of 30")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON result")] = False,
-    out: Annotated[Path, typer.Option(help="Where to write the JSON")] = Path(
-        "bench/results/faults.json"
-    ),
+    as_json: AsJson = False,
+    out: BenchOut = None,
 ) -> None:
     """The fault matrix between the gateway and the stand-in cloud, with numbers."""
     from bench.faults import run_faults_bench
 
-    result = run_faults_bench(load_settings(), quick=quick, out=out, console=console)
-    if as_json:
-        typer.echo(json.dumps(result, indent=2))
+    result = run_faults_bench(
+        load_settings(), quick=quick, out=out or _results("faults"), console=console
+    )
+    _emit(result, as_json)
 
 
 @bench_app.command("load")
@@ -322,46 +335,43 @@ def bench_load(
     soak_s: Annotated[
         float | None, typer.Option(help="Soak duration in seconds (default: 600, none if quick)")
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON result")] = False,
-    out: Annotated[Path, typer.Option(help="Where to write the JSON")] = Path(
-        "bench/results/load.json"
-    ),
+    as_json: AsJson = False,
+    out: BenchOut = None,
 ) -> None:
     """Concurrent clients through `tandem serve`: throughput, latency, rejections, memory."""
     from bench.load import run_load_bench
 
-    result = run_load_bench(load_settings(), quick=quick, out=out, console=console, soak_s=soak_s)
-    if as_json:
-        typer.echo(json.dumps(result, indent=2))
+    result = run_load_bench(
+        load_settings(), quick=quick, out=out or _results("load"), console=console, soak_s=soak_s
+    )
+    _emit(result, as_json)
 
 
 @bench_app.command("handoff")
 def bench_handoff(
     quick: Annotated[bool, typer.Option(help="One short conversation, fewer sessions")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON result")] = False,
-    out: Annotated[Path, typer.Option(help="Where to write the JSON")] = Path(
-        "bench/results/handoff.json"
-    ),
+    as_json: AsJson = False,
+    out: BenchOut = None,
 ) -> None:
     """Sessions across tiers: local prefill vs a naive gateway, and session-switch cost."""
     from bench.handoff import run_handoff_bench
 
-    result = run_handoff_bench(load_settings(), quick=quick, out=out, console=console)
-    if as_json:
-        typer.echo(json.dumps(result, indent=2))
+    result = run_handoff_bench(
+        load_settings(), quick=quick, out=out or _results("handoff"), console=console
+    )
+    _emit(result, as_json)
 
 
 @bench_app.command("runtime")
 def bench_runtime(
     quick: Annotated[bool, typer.Option(help="Fewer tokens and repeats")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON result")] = False,
-    out: Annotated[Path, typer.Option(help="Where to write the JSON")] = Path(
-        "bench/results/runtime.json"
-    ),
+    as_json: AsJson = False,
+    out: BenchOut = None,
 ) -> None:
     """Bare llama-cpp-python vs LocalEngine vs the HTTP gateway, in one run."""
     from bench.runtime import run_runtime_bench
 
-    result = run_runtime_bench(load_settings(), quick=quick, out=out, console=console)
-    if as_json:
-        typer.echo(json.dumps(result, indent=2))
+    result = run_runtime_bench(
+        load_settings(), quick=quick, out=out or _results("runtime"), console=console
+    )
+    _emit(result, as_json)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from tandem.errors import InvalidRequestError
+from tandem.sessions.schema import MIGRATIONS
 from tandem.sessions.store import (
-    MIGRATIONS,
     Answer,
     SessionStoreError,
     SqliteSessionStore,

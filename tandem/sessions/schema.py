@@ -1,0 +1,61 @@
+"""The session database's schema, as numbered migrations (``PRAGMA user_version``)."""
+
+from __future__ import annotations
+
+APPLICATION_ID = 0x54414E44  # "TAND": marks a file as a Tandem session database
+
+# Each entry upgrades the schema by one version (PRAGMA user_version). Never edit a shipped
+# entry: append a new one.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE sessions (
+        id          TEXT PRIMARY KEY,
+        created_at  REAL NOT NULL,
+        updated_at  REAL NOT NULL,
+        local_start INTEGER NOT NULL DEFAULT 0,
+        cloud_start INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE messages (
+        session_id        TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+        seq               INTEGER NOT NULL,
+        exchange          INTEGER NOT NULL,
+        role              TEXT NOT NULL CHECK (role IN ('system', 'user', 'assistant')),
+        content           TEXT NOT NULL,
+        status            TEXT NOT NULL CHECK (status IN ('complete', 'interrupted')),
+        tier              TEXT,
+        model             TEXT,
+        reason            TEXT,
+        prompt_tokens     INTEGER,
+        completion_tokens INTEGER,
+        prefill_tokens    INTEGER,
+        timings           TEXT,
+        context           TEXT,
+        created_at        REAL NOT NULL,
+        PRIMARY KEY (session_id, seq)
+    ) WITHOUT ROWID;
+    CREATE INDEX sessions_by_update ON sessions(updated_at);
+    """,
+    """
+    ALTER TABLE sessions ADD COLUMN privacy TEXT;
+    CREATE TABLE placeholders (
+        session_id  TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+        value       TEXT NOT NULL,
+        placeholder TEXT NOT NULL,
+        PRIMARY KEY (session_id, value)
+    ) WITHOUT ROWID;
+    CREATE TABLE audit (
+        id          INTEGER PRIMARY KEY,
+        at          REAL NOT NULL,
+        session_id  TEXT,
+        endpoint    TEXT NOT NULL,
+        model       TEXT,
+        mode        TEXT NOT NULL,
+        redacted    TEXT NOT NULL,
+        body_sha256 TEXT NOT NULL,
+        body_bytes  INTEGER NOT NULL,
+        outcome     TEXT NOT NULL
+    );
+    CREATE INDEX audit_by_time ON audit(at);
+    CREATE INDEX audit_by_session ON audit(session_id, at);
+    """,
+)
