@@ -136,16 +136,23 @@ def latency(guard: PrivacyGuard, runs: int) -> dict[str, Any]:
         guard.shield(msgs, PrivacyMode.REDACT, None)  # first sight of this text: cold caches
         first_ms = (time.perf_counter() - started) * 1000
         times = []
-        for _ in range(runs):
+        for i in range(runs):
+            # A different text each run: the detector caches results per text, and a new
+            # message is what a request pays for (history messages come from the cache).
+            fresh = [{"role": "user", "content": f"{text} ({i})"}]
             started = time.perf_counter()
-            guard.shield(msgs, PrivacyMode.REDACT, None)
+            guard.shield(fresh, PrivacyMode.REDACT, None)
             times.append((time.perf_counter() - started) * 1000)
+        started = time.perf_counter()
+        guard.shield(msgs, PrivacyMode.REDACT, None)
+        cached_ms = (time.perf_counter() - started) * 1000
         times.sort()
         out[name] = {
             "chars": len(text),
             "p50_ms": times[len(times) // 2],
             "p99_ms": times[min(len(times) - 1, int(len(times) * 0.99))],
             "first_call_ms": first_ms,
+            "cached_ms": cached_ms,  # the same text again, as in a session's history
         }
     per = [guard.detector.timed(prompt_pii) for _ in range(max(5, runs // 10))]
     out["per_recognizer_median_ms_pii_500"] = {

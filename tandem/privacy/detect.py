@@ -237,6 +237,7 @@ class Detector:
             )
         self.categories = tuple(categories)
         self.threshold = threshold
+        self._find_cached = functools.lru_cache(maxsize=4096)(self._find)
 
     def warm(self) -> None:
         """Build the analyzer and load the name list now rather than on the first request."""
@@ -246,20 +247,23 @@ class Detector:
         self.find("Warm up with Jane Doe and Sipho Ndlovu at jane@example.org, 1 Main Street.")
 
     def find(self, text: str) -> list[Finding]:
+        """The findings in ``text``. A session sends its whole history to the cloud on every
+        turn, so results are cached by text: each message is scanned once, not once per turn."""
+        return list(self._find_cached(text))
+
+    def _find(self, text: str) -> tuple[Finding, ...]:
         if not text.strip():
-            return []
+            return ()
         results = _analyzer().analyze(
             text,
             language="en",
             entities=list(self.categories),
             score_threshold=self.threshold,
         )
-        return _resolve(
-            [
-                Finding(r.entity_type, r.start, r.end, text[r.start : r.end], r.score)
-                for r in results
-            ]
-        )
+        found = [
+            Finding(r.entity_type, r.start, r.end, text[r.start : r.end], r.score) for r in results
+        ]
+        return tuple(_resolve(found))
 
     def timed(self, text: str) -> dict[str, float]:
         """Milliseconds each recognizer takes on ``text`` (for the privacy benchmark)."""
