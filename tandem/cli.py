@@ -362,6 +362,25 @@ def bench_handoff(
     _emit(result, as_json)
 
 
+@bench_app.command("frontier")
+def bench_frontier(
+    quick: Annotated[bool, typer.Option(help="5 variants, 4 chunks, 100 ARC items")] = False,
+    chunks: Annotated[int | None, typer.Option(help="Perplexity/KLD chunks (default 40)")]
+    = None,
+    limit: Annotated[int | None, typer.Option(help="ARC-Easy items (default: all)")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Evaluation data folder")] = None,
+    as_json: AsJson = False,
+    out: BenchOut = None,
+) -> None:
+    """SmolLM2's quality–memory frontier: reference, imatrix, variants, evaluation, plot."""
+    from bench.frontier import run_frontier_bench
+
+    with _clear_errors():
+        result = run_frontier_bench(quick=quick, out=out or _results("frontier"), console=console,
+                                    data_dir=data_dir, chunks=chunks, items=limit)
+    _emit(result, as_json)
+
+
 @bench_app.command("runtime")
 def bench_runtime(
     quick: Annotated[bool, typer.Option(help="Fewer tokens and repeats")] = False,
@@ -375,3 +394,12 @@ def bench_runtime(
         load_settings(), quick=quick, out=out or _results("runtime"), console=console
     )
     _emit(result, as_json)
+
+
+def _register_optimization_commands() -> None:
+    from tandem.optimize.commands import register
+
+    register(app, console, _clear_errors)
+
+
+_register_optimization_commands()

@@ -1,0 +1,1 @@
+"""Model optimization: quantization, evaluation, the quality–memory frontier."""
