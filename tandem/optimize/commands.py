@@ -28,8 +28,11 @@ DataDir = Annotated[
                       "../shared/data next to the source checkout)"),
 ]
 Tasks = Annotated[
-    str, typer.Option(help="Comma-separated: ppl, kld, arc_easy, piqa, perf")
+    str | None,
+    typer.Option(help="Comma-separated: ppl, kld, arc_easy, piqa, perf (default: all; kld "
+                      "only with --ref)"),
 ]
+ALL = "ppl,kld,arc_easy,piqa,perf"
 Chunks = Annotated[
     int | None, typer.Option(help="Perplexity/KLD chunks of --ctx tokens (default: all; "
                                   "with --limit: limit/10, at least 2)")
@@ -233,7 +236,7 @@ def register(app: typer.Typer, console: Console,
         models: Annotated[list[str], typer.Argument(help="GGUF files (or bundled names)")],
         ref: Annotated[str | None, typer.Option(help="Reference model for KL divergence")]
         = None,
-        tasks: Tasks = "ppl,kld,arc_easy,piqa,perf",
+        tasks: Tasks = None,
         limit: Limit = None,
         chunks: Chunks = None,
         ctx: Annotated[int, typer.Option(help="Perplexity context (llama.cpp: 512)")] = 512,
@@ -249,8 +252,9 @@ def register(app: typer.Typer, console: Console,
         from tandem.optimize.evaluate import evaluate as run
 
         with clear_errors():
-            options = _options(data_dir, tasks if ref else tasks.replace("kld", ""), chunks,
-                               limit, ctx, perf_ctx, threads, no_cache)
+            if tasks is None:
+                tasks = ALL if ref else ALL.replace("kld,", "")
+            options = _options(data_dir, tasks, chunks, limit, ctx, perf_ctx, threads, no_cache)
             paths = [_path(m) for m in models]
             with _progress(console if not as_json else Console(stderr=True)) as progress:
                 results = run(paths, options, reference=_path(ref) if ref else None,
@@ -269,7 +273,7 @@ def register(app: typer.Typer, console: Console,
         directory: Annotated[Path, typer.Argument(help="Folder of GGUF variants")],
         ref: Annotated[str | None, typer.Option(help="Reference model (default: the one F32 "
                                                       "file in the folder)")] = None,
-        tasks: Tasks = "ppl,kld,arc_easy,piqa,perf",
+        tasks: Tasks = None,
         limit: Limit = None,
         chunks: Chunks = None,
         plot: Annotated[Path | None, typer.Option(help="Write the PNG here")] = None,
@@ -282,7 +286,7 @@ def register(app: typer.Typer, console: Console,
         from tandem.optimize import frontier as fr
 
         with clear_errors():
-            options = _options(data_dir, tasks, chunks, limit, 512, 2048, threads, False)
+            options = _options(data_dir, tasks or ALL, chunks, limit, 512, 2048, threads, False)
             with _progress(console if not as_json else Console(stderr=True)) as progress:
                 front, data = fr.run_frontier(directory, None if ref is None else _path(ref),
                                               options, plot=plot, out=out, progress=progress)
