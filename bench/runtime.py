@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import operator
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from typing import Any
 
 from rich.console import Console
 
+from tandem.local.memory import peak_rss_kib
 from tandem.settings import Settings
 
 SYSTEM = {"role": "system", "content": "You are a concise assistant."}
@@ -238,7 +238,7 @@ def _child(mode: str, quick: bool) -> None:
     result["long_prompt_tokens"] = long_tokens
     if engine is not None:
         result["conversation"] = _conversation(engine)
-    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["peak_rss_mib"] = peak_rss_kib() / 1024
     print(json.dumps(result))
     os._exit(0)  # skip interpreter teardown of llama.cpp threads
 

@@ -397,9 +397,10 @@ def bench_runtime(
 
 
 def _register_optimization_commands() -> None:
-    from tandem.optimize.commands import register
+    from tandem.optimize.commands import register, register_model_surgery
 
     register(app, console, _clear_errors)
+    register_model_surgery(app, console, _clear_errors)
 
 
 _register_optimization_commands()

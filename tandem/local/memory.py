@@ -342,3 +342,20 @@ def _context_advice(plan: MemoryPlan, shape: ModelShape, budget_bytes: int) -> s
     if options:
         advice.append(f"use a smaller KV cache type (TANDEM_KV_TYPE: {', '.join(options)})")
     return "; or ".join(advice)
+
+
+def peak_rss_kib() -> int:
+    """This process's peak RSS in KiB.
+
+    ``VmHWM`` belongs to the address space created at exec; getrusage's ``ru_maxrss`` survives
+    exec, so a child started from a large parent would report the parent's peak instead.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)

@@ -296,3 +296,101 @@ def register(app: typer.Typer, console: Console,
             console.print(fr.table(front))
             if plot is not None:
                 console.print(f"Plot: {plot}")
+
+
+def register_model_surgery(app: typer.Typer, console: Console,
+                           clear_errors: Callable[[], contextlib.AbstractContextManager[None]]
+                           ) -> None:
+    """Add ``prune`` and ``distill`` to ``app``."""
+
+    @app.command()
+    def prune(
+        src: ModelArg,
+        out: Annotated[Path, typer.Argument(help="Output GGUF (F32)")],
+        text: Annotated[Path, typer.Option(help="Calibration text for importance")],
+        drop_layers: Annotated[int, typer.Option(help="Remove N blocks (lowest influence)")] = 0,
+        ffn: Annotated[int | None, typer.Option(help="Feed-forward width to keep")] = None,
+        kv_groups: Annotated[int | None, typer.Option(help="KV heads (with their query "
+                                                           "heads) to keep")] = None,
+        hidden: Annotated[int | None, typer.Option(help="Embedding width to keep")] = None,
+        chunks: Annotated[int, typer.Option(help="Calibration chunks of 512 tokens")] = 16,
+        threads: Threads = None,
+        as_json: AsJson = False,
+    ) -> None:
+        """Structured pruning (depth, FFN, KV groups, hidden) by activation importance."""
+        from tandem.optimize.prune import PruneSpec
+        from tandem.optimize.prune import prune as run
+
+        with clear_errors():
+            if not text.is_file():
+                raise ConfigError(f"No calibration text at {text}.", param="text")
+            spec = PruneSpec(drop_layers=drop_layers, ffn=ffn, kv_groups=kv_groups,
+                             hidden=hidden)
+            with _progress(console if not as_json else Console(stderr=True)) as progress:
+                report = run(_path(src), out, spec, text.read_text(encoding="utf-8"),
+                             dataset=text.name, chunks=chunks, n_threads=threads,
+                             progress=lambda i, n: progress("calibration", i, n))
+        if as_json:
+            typer.echo(json.dumps(report.to_dict(), indent=2))
+            return
+        console.print(f"Wrote {out}: {report.shape_before} → {report.shape_after}")
+        if report.dropped_layers:
+            console.print(f"dropped blocks {report.dropped_layers} (lowest block influence)")
+        console.print(f"non-embedding parameters {report.non_embedding_before:,} → "
+                      f"{report.non_embedding_after:,} (−{report.non_embedding_pruned:.1%})")
+
+    @app.command()
+    def distill(
+        student: ModelArg,
+        teacher: ModelArg,
+        out: Annotated[Path, typer.Argument(help="Output GGUF (F32)")],
+        text: Annotated[Path | None, typer.Option(help="Training text (logit distillation)")]
+        = None,
+        task: Annotated[str | None, typer.Option(help="arc_easy or piqa: sequence-level "
+                                                      "distillation on the task's even items")]
+        = None,
+        steps: Annotated[int, typer.Option(help="Optimizer steps (one chunk each)")] = 300,
+        chunks: Annotated[int, typer.Option(help="Distinct training chunks")] = 200,
+        seq_len: Annotated[int, typer.Option(help="Tokens per chunk")] = 512,
+        lr: Annotated[float, typer.Option(help="Peak learning rate")] = 1e-4,
+        alpha_ce: Annotated[float, typer.Option(help="Weight of cross-entropy vs KL")] = 0.1,
+        top_k: Annotated[int, typer.Option(help="Teacher tokens kept per position")] = 32,
+        epochs: Annotated[int, typer.Option(help="Epochs (with --task)")] = 2,
+        workdir: Annotated[Path | None, typer.Option(help="Checkpoints and teacher cache "
+                                                          "(default: OUT.work/)")] = None,
+        data_dir: DataDir = None,
+        threads: Threads = None,
+        as_json: AsJson = False,
+    ) -> None:
+        """Heal a pruned student from a teacher (PyTorch, CPU); resumable; exports GGUF."""
+        from tandem.optimize import distill as d
+        from tandem.optimize.torch_llama import require_torch
+
+        with clear_errors():
+            require_torch()
+            work = workdir or out.with_name(out.name + ".work")
+            with _progress(console if not as_json else Console(stderr=True)) as progress:
+                def report(label: str, i: int, n: int, extra: dict[str, float]) -> None:
+                    progress(label, i, n)
+
+                if task is not None:
+                    from tandem.optimize.evaluate import MC_FILES, default_data_dir, load_items
+
+                    if task not in MC_FILES:
+                        raise ConfigError(f"--task must be one of {', '.join(MC_FILES)}.")
+                    items = load_items((data_dir or default_data_dir()) / MC_FILES[task], None)
+                    result = d.task_distill(_path(student), _path(teacher), out, items[0::2],
+                                            epochs=epochs, lr=lr, workdir=work,
+                                            n_threads=threads, progress=report)
+                else:
+                    if text is None or not text.is_file():
+                        raise ConfigError("Give --text FILE (training text) or --task.")
+                    config = d.DistillConfig(steps=steps, seq_len=seq_len, lr=lr,
+                                             alpha_ce=alpha_ce, top_k=top_k, n_threads=threads)
+                    result = d.distill(_path(student), _path(teacher), out,
+                                       text.read_text(encoding="utf-8"), chunks=chunks,
+                                       config=config, workdir=work, progress=report)
+        if as_json:
+            typer.echo(json.dumps(result, indent=2))
+        else:
+            console.print(f"Wrote {out}.")

@@ -353,11 +353,20 @@ def _label(ax: Axes, x: float, y: float, text: str, *, transform: Any = None) ->
     )
 
 
+def _size_axis(ax: Axes, frontier: Frontier) -> None:
+    """Size on x; logarithmic when the sizes span more than 3× (an F32 reference would
+    otherwise squeeze every quantized variant into one corner)."""
+    ax.set_xlabel("model file size (MB)")
+    sizes = [p.size_mb for p in frontier.points if p.size_mb > 0]
+    if sizes and max(sizes) / min(sizes) > 3:
+        ax.set_xscale("log")
+
+
 def _plot_kld(ax: Axes, frontier: Frontier) -> None:
     """Panel (a): size vs mean KLD, the front joined by a line."""
     from matplotlib.transforms import blended_transform_factory
 
-    ax.set_xlabel("model file size (MB)")
+    _size_axis(ax, frontier)
     ax.set_ylabel("mean KL divergence (lower is better)")
     ref_name = frontier.reference_name or "the reference"
     ax.set_title(f"(a) KL divergence vs {ref_name}", fontsize=10)
@@ -426,7 +435,7 @@ def _plot_kld(ax: Axes, frontier: Frontier) -> None:
 def _plot_accuracy(ax: Axes, frontier: Frontier) -> None:
     """Panel (b): size vs the main task's accuracy, the front joined by a line."""
     task = frontier.task
-    ax.set_xlabel("model file size (MB)")
+    _size_axis(ax, frontier)
     if task is None:
         ax.set_title("(b) task accuracy", fontsize=10)
         ax.text(

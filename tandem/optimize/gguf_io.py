@@ -200,9 +200,14 @@ def _copy_value(field: ReaderField) -> tuple[Any, GGUFValueType, GGUFValueType |
     return field.contents(), vtype, sub_type
 
 
-def _copy_metadata(reader: GGUFReader, writer: GGUFWriter, file_type: int) -> None:
-    """Copy every key/value except the virtual ``GGUF.*`` ones and those the writer writes."""
+def _copy_metadata(reader: GGUFReader, writer: GGUFWriter, file_type: int,
+                   overrides: dict[str, tuple[Any, GGUFValueType]] | None = None) -> None:
+    """Copy every key/value except the virtual ``GGUF.*`` ones and those the writer writes.
+
+    ``overrides`` replaces (or adds) keys: ``{key: (value, type)}``.
+    """
     wrote_ftype = False
+    pending = dict(overrides or {})
     for field in reader.fields.values():
         if field.name.startswith("GGUF.") or field.name == Keys.General.ARCHITECTURE:
             continue
@@ -210,12 +215,18 @@ def _copy_metadata(reader: GGUFReader, writer: GGUFWriter, file_type: int) -> No
             writer.add_key_value(field.name, file_type, GGUFValueType.UINT32)
             wrote_ftype = True
             continue
+        if field.name in pending:
+            value, vtype = pending.pop(field.name)
+            writer.add_key_value(field.name, value, vtype)
+            continue
         value, vtype, sub_type = _copy_value(field)
         if vtype == GGUFValueType.ARRAY and len(value) == 0:
             # GGUFWriter refuses empty arrays; an empty array carries no information.
             log.warning("skipping empty metadata array %s", field.name)
             continue
         writer.add_key_value(field.name, value, vtype, sub_type=sub_type)
+    for key, (value, vtype) in pending.items():
+        writer.add_key_value(key, value, vtype)
     if not wrote_ftype:
         writer.add_key_value(Keys.General.FILE_TYPE, file_type, GGUFValueType.UINT32)
 
@@ -291,28 +302,46 @@ def dequantize(src: Path, out: Path, out_type: str = "F32") -> ModelSummary:
         raise ConfigError(f"output {out} is the source file; choose a different output path")
     reader = _open_reader(src)
     _check_dequantizable(reader)
+    plan = [(t, *_out_dtype(t, out_type)) for t in reader.tensors]
+    infos = [
+        (t.name, tuple(int(d) for d in reversed(t.shape.tolist())), dtype,
+         int(t.n_elements) * dtype.itemsize, qtype)
+        for t, qtype, dtype in plan
+    ]
+    # One converted tensor in memory at a time.
+    data = (_convert(t, dtype) for t, _, dtype in plan)
+    _write(reader, out, int(_OUT_FTYPES[out_type]), None, infos, data)
+    return summarize(out)
+
+
+def _write(
+    reader: GGUFReader,
+    out: Path,
+    file_type: int,
+    overrides: dict[str, tuple[Any, GGUFValueType]] | None,
+    infos: list[tuple[str, tuple[int, ...], np.dtype[Any], int, GGMLQuantizationType]],
+    data: Any,
+) -> None:
+    """Write a GGUF with ``reader``'s metadata and the given tensors, atomically: under a
+    temporary name next to ``out`` (created by the writer, so with the usual permissions),
+    renamed into place only when complete, removed on any failure."""
     arch = _field_value(reader, Keys.General.ARCHITECTURE)
     arch_name = str(arch) if arch is not None else ""  # no arch key: the writer adds none
-
     writer = GGUFWriter(None, arch=arch_name, endianess=reader.endianess)
     out.parent.mkdir(parents=True, exist_ok=True)
-    # Created by the writer (so with the usual umask permissions) and renamed when complete.
     tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:12]}.tmp")
     try:
         alignment = _field_value(reader, Keys.General.ALIGNMENT)
         if alignment is not None:
             writer.data_alignment = int(alignment)
-        _copy_metadata(reader, writer, int(_OUT_FTYPES[out_type]))
-        plan = [(t, *_out_dtype(t, out_type)) for t in reader.tensors]
-        for t, qtype, dtype in plan:
-            np_shape = tuple(int(d) for d in reversed(t.shape.tolist()))
-            nbytes = int(t.n_elements) * dtype.itemsize
-            writer.add_tensor_info(t.name, np_shape, dtype, nbytes, raw_dtype=qtype)
+        _copy_metadata(reader, writer, file_type, overrides)
+        for name, shape, dtype, nbytes, qtype in infos:
+            writer.add_tensor_info(name, shape, dtype, nbytes, raw_dtype=qtype)
         writer.write_header_to_file(path=tmp)
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
-        for t, _, dtype in plan:  # one converted tensor in memory at a time
-            writer.write_tensor_data(_convert(t, dtype))
+        for array in data:
+            writer.write_tensor_data(array)
         writer.close()
         os.replace(tmp, out)
     except BaseException:
@@ -320,4 +349,25 @@ def dequantize(src: Path, out: Path, out_type: str = "F32") -> ModelSummary:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+
+
+def write_f32_like(
+    src: Path,
+    out: Path,
+    tensors: dict[str, np.ndarray[Any, np.dtype[Any]]],
+    overrides: dict[str, tuple[Any, GGUFValueType]] | None = None,
+) -> ModelSummary:
+    """Write ``tensors`` (numpy order, any float dtype → F32) with ``src``'s metadata.
+
+    For model surgery and export: the tokenizer, chat template and every other key come from
+    ``src``; ``overrides`` changes the shape keys (block count, widths). Written atomically.
+    """
+    src, out = Path(src), Path(out)
+    if out.resolve() == src.resolve():
+        raise ConfigError(f"output {out} is the source file; choose a different output path")
+    reader = _open_reader(src)
+    arrays = {name: np.ascontiguousarray(a, dtype=np.float32) for name, a in tensors.items()}
+    f32 = np.dtype(np.float32)
+    infos = [(n, a.shape, f32, a.nbytes, GGMLQuantizationType.F32) for n, a in arrays.items()]
+    _write(reader, out, int(LlamaFileType.ALL_F32), overrides, infos, arrays.values())
     return summarize(out)

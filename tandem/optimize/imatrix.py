@@ -83,6 +83,21 @@ class Imatrix:
     datasets: list[str] = field(default_factory=list)
     chunk_count: int = 0
     chunk_size: int = 0
+    # Per block: [sum over tokens of the angular distance input→output, tokens]. Not saved.
+    block_distance: dict[int, list[float]] = field(default_factory=dict)
+
+    def add_block_distance(self, block: int, x_in: npt.NDArray[np.float32],
+                           x_out: npt.NDArray[np.float32]) -> None:
+        a, b = x_in.astype(np.float64), x_out.astype(np.float64)
+        cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
+        angle = np.arccos(np.clip(cos, -1.0, 1.0)) / np.pi
+        acc = self.block_distance.setdefault(block, [0.0, 0.0])
+        acc[0] += float(angle.sum())
+        acc[1] += len(angle)
+
+    def block_influence(self) -> dict[int, float]:
+        """Mean angular distance (0..1) between each block's input and output."""
+        return {b: s / n for b, (s, n) in sorted(self.block_distance.items()) if n}
 
     def add(self, name: str, x: npt.NDArray[np.float32]) -> None:
         sq = np.square(x, dtype=np.float64).sum(axis=0)
@@ -155,7 +170,12 @@ class Imatrix:
 
 
 class _Collector:
-    """The eval callback: observe weight matmuls and add their inputs' squares."""
+    """The eval callback: observe weight matmuls and add their inputs' squares.
+
+    It also watches each block's residual stream (llama.cpp names the block input ``embd`` for
+    the first block and each block's output ``l_out-N``) and accumulates the angular distance
+    between a block's input and output per token: ShortGPT's block influence, used by pruning.
+    """
 
     def __init__(self, target: Imatrix):
         self.target = target
@@ -164,6 +184,7 @@ class _Collector:
         self.buf = np.empty(0, np.float32)
         self.error: BaseException | None = None
         self.c_callback = _callback_type()(self._callback)
+        self._prev: npt.NDArray[np.float32] | None = None
 
     def _weight_of(self, t: GgmlTensor) -> str | None:
         if t.op != self.mul_mat or not t.src[0] or not t.src[1]:
@@ -172,27 +193,47 @@ class _Collector:
         name = src0.name.decode("utf-8", errors="replace")
         return name if name.endswith(".weight") else None
 
+    def _read(self, address: int, name: str) -> npt.NDArray[np.float32]:
+        x = GgmlTensor.from_address(address)
+        width = int(x.ne[0])
+        rows = int(x.ne[1] * x.ne[2] * x.ne[3])
+        if x.nb[1] != width * 4:
+            raise RuntimeError(f"{name}: non-contiguous activations are not supported")
+        if self.buf.size < width * rows:
+            self.buf = np.empty(width * rows, np.float32)
+        self.lib.ggml_backend_tensor_get(address, self.buf.ctypes.data, 0, width * rows * 4)
+        return self.buf[: width * rows].reshape(rows, width)
+
+    def _residual(self, t: GgmlTensor) -> int | None:
+        """-1 for the embeddings entering block 0, N for block N's output, else None."""
+        if t.type != GGML_TYPE_F32:
+            return None
+        name = t.name.decode("utf-8", errors="replace")
+        if name == "embd":
+            return -1
+        if name.startswith("l_out-") and name[6:].isdigit():
+            return int(name[6:])
+        return None
+
     def _callback(self, tensor: int, ask: bool, user_data: int) -> bool:
         try:
             t = GgmlTensor.from_address(tensor)
             name = self._weight_of(t)
-            if name is None:
+            block = None if name is not None else self._residual(t)
+            if name is None and block is None:
                 return not ask
             if ask:
                 return True
-            x = GgmlTensor.from_address(t.src[1])
-            if x.type != GGML_TYPE_F32:
+            if block is not None:
+                h = self._read(tensor, f"block {block}").copy()
+                if block >= 0 and self._prev is not None and self._prev.shape == h.shape:
+                    self.target.add_block_distance(block, self._prev, h)
+                self._prev = h
                 return True
-            width = int(x.ne[0])
-            rows = int(x.ne[1] * x.ne[2] * x.ne[3])
-            if x.nb[1] != width * 4:  # not contiguous rows: read it whole and slice
-                raise RuntimeError(f"{name}: non-contiguous activations are not supported")
-            if self.buf.size < width * rows:
-                self.buf = np.empty(width * rows, np.float32)
-            self.lib.ggml_backend_tensor_get(
-                t.src[1], self.buf.ctypes.data, 0, width * rows * 4
-            )
-            self.target.add(name, self.buf[: width * rows].reshape(rows, width))
+            assert name is not None
+            if GgmlTensor.from_address(t.src[1]).type != GGML_TYPE_F32:
+                return True
+            self.target.add(name, self._read(t.src[1], name))
             return True
         except BaseException as exc:  # never unwind through C: remember and stop the graph
             self.error = exc

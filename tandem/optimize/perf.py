@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tandem.errors import ConfigError
+from tandem.local.memory import peak_rss_kib
 
 PROMPT = (
     "The history of the region is long and varied. Farmers settled the river valleys first, "
@@ -49,7 +49,7 @@ def measure(model: Path, *, n_ctx: int, n_threads: int | None, prefill_tokens: i
             if n >= decode_tokens:
                 break
         decode.append(n / (time.perf_counter() - t0))
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak_kib = peak_rss_kib()
     return {
         "n_ctx": n_ctx,
         "load_s": load_s,
