@@ -149,15 +149,17 @@ def distill(student: Path, teacher: Path, out: Path, text: str, *, chunks: int,
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         step += 1
-        history.append({"step": step, "kd": float(kd), "ce": float(ce),
-                        "s": time.perf_counter() - started})
+        losses = {"kd": float(kd.detach()), "ce": float(ce.detach())}
+        history.append({"step": step, **losses, "s": time.perf_counter() - started})
         if progress is not None:
-            progress("distill", step, config.steps, {"kd": float(kd), "ce": float(ce)})
+            progress("distill", step, config.steps, losses)
         if step % config.checkpoint_every == 0 or step == config.steps:
             tmp = ckpt.with_suffix(".tmp")
             torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
                         "history": history}, tmp)
             os.replace(tmp, ckpt)
+            # A small readable log next to the checkpoint, for watching a background run.
+            (workdir / "history.json").write_text(json.dumps(history))
     write_f32_like(student, out, model.gguf_tensors())
     tokens_seen = step * (config.seq_len - 1)
     return {"student": str(student), "teacher": str(teacher), "out": str(out),

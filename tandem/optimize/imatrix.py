@@ -166,6 +166,9 @@ class Imatrix:
         field_ = reader.fields.get(gguf.Keys.IMatrix.CHUNK_COUNT)
         if field_ is not None:
             out.chunk_count = int(field_.contents())
+        datasets = reader.fields.get(gguf.Keys.IMatrix.DATASETS)
+        if datasets is not None:
+            out.datasets = [str(d) for d in datasets.contents()]
         return out
 
 

@@ -202,13 +202,40 @@ def _captured_log() -> Iterator[list[str]]:
         lines.extend("".join(parts).splitlines())
 
 
+def _provenance(path: Path, imatrix: Any) -> Any:
+    """``quantize.imatrix.*`` keys recording which importance matrix was used (as
+    llama-quantize writes them), as a terminated array of llama.cpp key/value overrides."""
+    import llama_cpp
+
+    values: list[tuple[str, int | str]] = [
+        ("quantize.imatrix.file", path.name[:127]),
+        ("quantize.imatrix.dataset", ",".join(imatrix.datasets)[:127] or "unknown"),
+        ("quantize.imatrix.entries_count", len(imatrix.sums)),
+        ("quantize.imatrix.chunks_count", imatrix.chunk_count),
+    ]
+    arr = (llama_cpp.llama_model_kv_override * (len(values) + 1))()
+    for i, (key, value) in enumerate(values):
+        entry: Any = arr[i]  # llama-cpp-python's stub types the union member loosely
+        entry.key = key.encode()
+        if isinstance(value, int):
+            entry.tag = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_INT
+            entry.value.val_i64 = value
+        else:
+            entry.tag = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_STR
+            entry.value.val_str = value.encode()[:127]
+    arr[len(values)].key = b""
+    return arr
+
+
 def _imatrix_array(path: Path) -> tuple[Any, list[Any]]:
-    """The C array of importance data (NULL-terminated), and the buffers it points into."""
+    """The C array of importance data (NULL-terminated), the buffers it points into, and the
+    provenance overrides."""
     import llama_cpp
 
     from tandem.optimize.imatrix import Imatrix
 
-    means = Imatrix.load(path).means()
+    loaded = Imatrix.load(path)
+    means = loaded.means()
     keep: list[Any] = []
     arr = (llama_cpp.llama_model_imatrix_data * (len(means) + 1))()
     for i, (name, values) in enumerate(sorted(means.items())):
@@ -219,6 +246,8 @@ def _imatrix_array(path: Path) -> tuple[Any, list[Any]]:
         arr[i].data = data.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
         arr[i].size = data.size
     arr[len(means)].name = None
+    provenance = _provenance(path, loaded)
+    keep.append(provenance)
     return arr, keep
 
 
@@ -270,6 +299,7 @@ def quantize(
     if imatrix is not None:
         arr, buffers = _imatrix_array(imatrix)
         params.imatrix = arr
+        params.kv_overrides = buffers[-1]
         keep += [arr, buffers]
     elif name in NEEDS_IMATRIX:
         raise ConfigError(f"{name} needs an importance matrix: pass --imatrix FILE "

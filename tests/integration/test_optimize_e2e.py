@@ -139,6 +139,11 @@ def test_imatrix_covers_every_weight_and_steers_the_quantizer(work: Path) -> Non
         (weights * (plain - original) ** 2).sum()
     )
     assert "Paris" in _greedy(work / "q4_0-im.gguf", PROMPT)
+    from gguf import GGUFReader
+
+    fields = GGUFReader(str(work / "q4_0-im.gguf")).fields  # provenance, as llama-quantize
+    assert fields["quantize.imatrix.entries_count"].contents() == len(im.sums)
+    assert fields["quantize.imatrix.dataset"].contents() == "text.raw"
 
 
 def _tensor(path: Path, name: str) -> np.ndarray:

@@ -37,13 +37,19 @@ def ref(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 def _agreement(path: Path, text: str) -> tuple[float, float, float]:
-    """(max |Δlogit|, max |logit|, top-1 agreement) of PyTorch vs llama.cpp on ``text``."""
-    scorer = Scorer(path, n_ctx=128)
-    tokens = scorer.tokenize(text, special=True)[:48]
-    scorer.llm.reset()  # type: ignore[no-untyped-call]
-    scorer.llm.eval(tokens)
-    ours = np.array(scorer.llm.scores[: len(tokens)])
-    scorer.close()
+    """(max |Δlogit|, max |logit|, top-1 agreement) of PyTorch vs llama.cpp on ``text``.
+
+    llama.cpp runs with an F32 KV cache here: its default F16 cache rounds keys and values,
+    which alone moves logits by a few hundredths over 48 tokens.
+    """
+    from llama_cpp import GGML_TYPE_F32, Llama
+
+    llm = Llama(model_path=str(path), n_ctx=128, logits_all=True, type_k=GGML_TYPE_F32,
+                type_v=GGML_TYPE_F32, verbose=False)
+    tokens = llm.tokenize(text.encode())[:48]
+    llm.eval(tokens)
+    ours = np.array(llm.scores[: len(tokens)])
+    llm.close()
     model = load_model(path)
     with torch.no_grad():
         theirs = model(torch.tensor([tokens]))[0].numpy()
@@ -53,7 +59,7 @@ def _agreement(path: Path, text: str) -> tuple[float, float, float]:
 
 def test_pytorch_forward_matches_llama_cpp(ref: Path) -> None:
     diff, scale, top1 = _agreement(ref, TEXT)
-    assert diff < 0.05 and scale > 10  # llama.cpp computes in F32 too: differences are rounding
+    assert diff < 2e-3 and scale > 10  # both compute in F32: what is left is rounding
     assert top1 == 1.0
 
 
@@ -71,7 +77,7 @@ def test_pruned_files_load_and_agree(ref: Path, tmp_path: Path) -> None:
     assert "blk.28.ffn_down.weight" not in shapes
     assert shapes["token_embd.weight"] == (512, 49152)
     diff, _, top1 = _agreement(out, TEXT)
-    assert diff < 0.05 and top1 == 1.0
+    assert diff < 2e-3 and top1 == 1.0
     from llama_cpp import Llama
 
     llm = Llama(model_path=str(out), n_ctx=128, verbose=False)
