@@ -279,7 +279,7 @@ def _perf(todo: list[_Model], options: EvalOptions, cache: ResultCache,
           progress: Progress | None) -> None:
     from tandem.optimize.perf import measure_in_subprocess
 
-    key = f"perf2|ctx{options.perf_ctx}|threads{options.n_threads or os.cpu_count()}"
+    key = f"perf3|ctx{options.perf_ctx}|threads{options.n_threads or os.cpu_count()}"
     for i, m in enumerate(todo):
         hit = cache.get(m.sha, key) if options.use_cache else None
         if hit is None:

@@ -105,3 +105,30 @@ def test_distillation_heals_resumes_and_exports(ref: Path, tmp_path: Path) -> No
     assert scorer.n_vocab == 49152
     scorer.close()
     json.dumps(result)  # the report is JSON
+
+
+def test_task_distillation_learns_the_teachers_answers(tmp_path: Path) -> None:
+    from tandem.optimize.distill import task_distill
+    from tandem.optimize.evaluate import load_items
+
+    items = load_items(FIXTURES / "arc_easy_dev.jsonl", None)
+    teacher = bundled_path("gemma3-270m")  # another tokenizer: sequence-level KD still works
+    out = tmp_path / "student.gguf"
+    result = task_distill(bundled_path("smollm2"), teacher, out, items, epochs=2, lr=1e-4,
+                          workdir=tmp_path / "work")
+    answers = json.loads((tmp_path / "work" / "teacher_answers.json").read_text())
+    assert len(answers) == len(items) == result["items"]
+    assert all(0 <= a < len(i.choices) for a, i in zip(answers, items, strict=True))
+    # After training on them, the student prefers the teacher's answers on these items.
+    scorer = Scorer(out, n_ctx=256)
+    try:
+        agree = 0
+        for item, answer in zip(items, answers, strict=True):
+            conts = item.continuations()
+            lls = scorer.continuation_logprob(scorer.tokenize(item.context(), special=True),
+                                              [scorer.tokenize(c) for c in conts])
+            per_byte = [ll / len(c.encode()) for ll, c in zip(lls, conts, strict=True)]
+            agree += int(np.argmax(per_byte)) == answer
+    finally:
+        scorer.close()
+    assert agree == len(items)
