@@ -229,7 +229,7 @@ def task_distill(student: Path, teacher: Path, out: Path, items: Sequence[Any], 
             opt.step()
             done += 1
             if progress is not None:
-                progress("task distill", done, total, {"ce": float(loss)})
+                progress("task distill", done, total, {"ce": float(loss.detach())})
     write_f32_like(student, out, model.gguf_tensors())
     return {"student": str(student), "teacher": str(teacher), "out": str(out),
             "items": len(examples), "epochs": epochs, "lr": lr,
