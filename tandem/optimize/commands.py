@@ -252,10 +252,10 @@ def register(app: typer.Typer, console: Console,
         from tandem.optimize.evaluate import evaluate as run
 
         with clear_errors():
+            paths = [_path(m) for m in models]
             if tasks is None:
                 tasks = ALL if ref else ALL.replace("kld,", "")
             options = _options(data_dir, tasks, chunks, limit, ctx, perf_ctx, threads, no_cache)
-            paths = [_path(m) for m in models]
             with _progress(console if not as_json else Console(stderr=True)) as progress:
                 results = run(paths, options, reference=_path(ref) if ref else None,
                               progress=progress)

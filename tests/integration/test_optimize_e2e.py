@@ -198,5 +198,6 @@ def test_evaluate_and_frontier_commands(work: Path, data_dir: Path, tmp_path: Pa
     assert "q4_0" in data["kld_front"]  # the smallest variant is always on the front
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    bad = runner.invoke(app, ["evaluate", str(tmp_path / "missing.gguf")])
+    bad = runner.invoke(app, ["evaluate", str(tmp_path / "missing.gguf"), "--data-dir",
+                              str(data_dir)])
     assert bad.exit_code == 1 and "No model" in bad.output
