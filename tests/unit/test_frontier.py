@@ -14,9 +14,9 @@ from tandem.optimize.frontier import (
     build_frontier,
     load_results,
     pareto_front,
-    plot_frontier,
     table,
 )
+from tandem.optimize.frontier_plot import plot_frontier
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
