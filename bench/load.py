@@ -105,7 +105,7 @@ class _GatewayProcess:
         raise RuntimeError(f"the gateway was not ready in {timeout_s:.0f} s:\n{self.log_tail()}")
 
     def rss_bytes(self) -> int:
-        import psutil  # type: ignore[import-untyped]
+        import psutil
 
         rss: int = psutil.Process(self.proc.pid).memory_info().rss
         return rss

@@ -6,11 +6,13 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
 from tandem.gateway import Gateway
 from tandem.metrics import GatewayMetrics
 from tandem.privacy.policy import PrivacyGuard
+from tandem.routing.policy import RoutingConfig, RoutingPolicy
 from tandem.sessions.service import SessionService
 from tandem.sessions.store import SqliteSessionStore
 from tandem.settings import Settings, default_sessions_db
@@ -40,7 +42,19 @@ def build_gateway(settings: Settings) -> Gateway:
     privacy = PrivacyGuard(
         settings.privacy_categories, settings.privacy_keep_local, settings.privacy_threshold
     )
-    return Gateway(engine, cloud, metrics, settings.cloud_n_ctx, privacy)
+    return Gateway(
+        engine, cloud, metrics, settings.cloud_n_ctx, privacy, policy=build_policy(settings)
+    )
+
+
+def build_policy(settings: Settings) -> RoutingPolicy:
+    """The routing policy: the config file (or the shipped one) with the settings' overrides."""
+    config = RoutingConfig.load(settings.routing_config)
+    if settings.routing_mode is not None:
+        config = replace(config, mode=settings.routing_mode)
+    if settings.cascade_tokens is not None:
+        config = replace(config, cascade_tokens=settings.cascade_tokens)
+    return RoutingPolicy(config)
 
 
 def build_store(settings: Settings) -> SqliteSessionStore:

@@ -398,9 +398,11 @@ def bench_runtime(
 
 def _register_optimization_commands() -> None:
     from tandem.optimize.commands import register, register_model_surgery
+    from tandem.routing.commands import register as register_routing
 
     register(app, console, _clear_errors)
     register_model_surgery(app, console, _clear_errors)
+    register_routing(app, console, _clear_errors)
 
 
 _register_optimization_commands()

@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections import OrderedDict
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -29,6 +30,9 @@ from tandem.local.chat import Message
 from tandem.metrics import GatewayMetrics
 from tandem.privacy.policy import CloudShield, PrivacyGuard, PrivacyMode, digest
 from tandem.privacy.redact import Placeholders
+from tandem.routing.device import DeviceMonitor
+from tandem.routing.policy import Action, RequestContext, RouteDecision, RoutingPolicy
+from tandem.routing.signals import RunningConfidence, prompt_features
 from tandem.sessions.fit import fit_messages
 
 log = logging.getLogger("tandem.gateway")
@@ -58,6 +62,7 @@ class RouteInfo:
     model: str
     start: int = 0  # first non-system message sent to the tier (sessions trim the oldest)
     dropped: int = 0  # older messages left out to fit the tier's window
+    scores: Mapping[str, float] = field(default_factory=dict)  # the routers' scores
 
 
 @dataclass(frozen=True)
@@ -132,6 +137,8 @@ class Gateway:
         cloud_n_ctx: int,
         privacy: PrivacyGuard | None = None,
         audit: AuditSink | None = None,
+        policy: RoutingPolicy | None = None,
+        device: DeviceMonitor | None = None,
     ):
         self.local = local
         self.cloud = cloud
@@ -139,18 +146,26 @@ class Gateway:
         self._cloud_n_ctx = cloud_n_ctx
         self.privacy = privacy or PrivacyGuard()
         self.audit = audit  # records every cloud call (never its text)
+        self.policy = policy or RoutingPolicy()
+        self.device = device or DeviceMonitor()
+        # Each session's last answering tier, for the policy's hysteresis (bounded LRU).
+        self._last_tier: OrderedDict[str, str] = OrderedDict()
 
     # -- decision --------------------------------------------------------------------------
 
     def decide(self, turn: Turn) -> RouteInfo:
         """The tier for this turn, before anything is generated."""
+        return self._plan(turn)[0]
+
+    def _plan(self, turn: Turn) -> tuple[RouteInfo, RouteDecision | None]:
+        """The first route, and the policy's decision for an ``auto`` turn."""
         prompt_tokens = self._prompt_tokens(turn.messages)
         fits_local = prompt_tokens < self.local.n_ctx
         fits_cloud = prompt_tokens < self._cloud_n_ctx
         cloud_up = self.cloud is not None and self.cloud.available
         trims = turn.context_starts is not None
         if turn.privacy == PrivacyMode.LOCAL_ONLY:
-            return self._local_only(turn, fits_local or trims, prompt_tokens)
+            return self._local_only(turn, fits_local or trims, prompt_tokens), None
         if not fits_local and not (fits_cloud and self.cloud is not None) and not trims:
             raise ContextLengthError(
                 f"The prompt is about {prompt_tokens} tokens; the local context window is "
@@ -159,22 +174,28 @@ class Gateway:
                 param="messages",
             )
         if turn.route == RoutePreference.LOCAL:
-            return self._local("requested_local")
+            return self._local("requested_local"), None
         if turn.route == RoutePreference.CLOUD:
             if self.cloud is None:
-                return self._fallback_local(turn, "cloud_not_configured")
+                return self._fallback_local(turn, "cloud_not_configured"), None
             if not cloud_up:  # the breaker is open: don't wait for a timeout we expect
-                return self._fallback_local(turn, "cloud_unavailable")
-            return self._cloud("requested_cloud")
-        if not fits_local:
-            if trims and not cloud_up:  # the history is trimmed to fit the local window
-                return self._local(
-                    "cloud_not_configured" if self.cloud is None else "cloud_unavailable"
-                )
-            return self._cloud("exceeds_local_context")
-        if self.local.state != "ready" and cloud_up:
-            return self._cloud(f"local_{self.local.state}")
-        return self._local("default_local")
+                return self._fallback_local(turn, "cloud_unavailable"), None
+            return self._cloud("requested_cloud"), None
+        ctx = RequestContext(
+            prompt=last_user_text(turn.messages),
+            prompt_tokens=prompt_tokens,
+            local_n_ctx=self.local.n_ctx,
+            cloud_configured=self.cloud is not None,
+            cloud_up=cloud_up,
+            local_state=str(self.local.state),
+            device=self.device.read(),
+            previous_tier=self._last_tier.get(turn.session_id) if turn.session_id else None,
+            trims=trims,
+        )
+        decision = self.policy.decide(ctx)
+        if decision.action == Action.CLOUD:
+            return replace(self._cloud(decision.reason), scores=decision.scores), decision
+        return replace(self._local(decision.reason), scores=decision.scores), decision
 
     def _local_only(self, turn: Turn, fits: bool, prompt_tokens: int) -> RouteInfo:
         if turn.route == RoutePreference.CLOUD:
@@ -228,24 +249,39 @@ class Gateway:
 
     async def stream(self, turn: Turn) -> AsyncIterator[GatewayEvent]:
         """Answer one turn as events; falls back between tiers as the turn allows."""
-        route = self.decide(turn)
+        route, decision = self._plan(turn)
         started = time.perf_counter()
         text: list[str] = []
         waiting_first = True
-        async for event in self._answer(turn, route, text):
+        async for event in self._answer(turn, route, text, decision):
             if isinstance(event, RouteInfo):
                 route = event
             elif isinstance(event, Finish):
                 self.metrics.observe_turn(route.tier, route.reason, event, started)
+                self._remember(turn.session_id, route.tier)
+                if route.tier == Tier.LOCAL and "decode_s" in event.timings:
+                    self.device.record_decode(event.completion_tokens, event.timings["decode_s"])
             elif waiting_first and event.text:
                 waiting_first = False
                 self.metrics.observe_first_token(route.tier, started)
             yield event
 
+    def _remember(self, session_id: str | None, tier: Tier) -> None:
+        if session_id is None:
+            return
+        self._last_tier[session_id] = tier.value
+        self._last_tier.move_to_end(session_id)
+        while len(self._last_tier) > 10_000:
+            self._last_tier.popitem(last=False)
+
     async def _answer(
-        self, turn: Turn, route: RouteInfo, text: list[str]
+        self, turn: Turn, route: RouteInfo, text: list[str], decision: RouteDecision | None = None
     ) -> AsyncIterator[GatewayEvent]:
         messages, route = self._fit(turn, route)
+        if decision is not None and decision.action == Action.CASCADE:
+            async for event in self._cascade(turn, decision, route, messages, text):
+                yield event
+            return
         shield = None
         if route.tier == Tier.CLOUD:
             shield = self._shield(turn, messages)
@@ -256,6 +292,13 @@ class Gateway:
             async for event in self._local_or_escalate(turn, messages, text):
                 yield event
             return
+        async for event in self._cloud_or_fallback(turn, shield, text):
+            yield event
+
+    async def _cloud_or_fallback(
+        self, turn: Turn, shield: CloudShield, text: list[str]
+    ) -> AsyncIterator[GatewayEvent]:
+        """The cloud's answer; a failed cloud call is continued (or answered) locally."""
         try:
             async for event in self._stream_cloud(turn, shield, text):
                 yield event
@@ -286,6 +329,75 @@ class Gateway:
             yield info
             async for event in self._stream_cloud(turn, shield, text):
                 yield event
+
+    async def _cascade(
+        self,
+        turn: Turn,
+        decision: RouteDecision,
+        route: RouteInfo,
+        messages: list[Message],
+        text: list[str],
+    ) -> AsyncIterator[GatewayEvent]:
+        """Start locally; after ``decision.cascade_tokens`` tokens keep going or escalate.
+
+        The local start is held back until the check, so a client sees one answer from one
+        tier (and the route headers name the tier that answers). The check reads the confidence
+        statistics of the tokens so far; if the local answer ends sooner, the whole answer is
+        checked.
+        """
+        prompt = last_user_text(turn.messages)
+        confidence = RunningConfidence(prompt)
+        held: list[StreamEvent] = []
+        local = self.local.stream(messages, turn.params, "", turn.session_id)
+        assert isinstance(local, AsyncGenerator)
+        finished = False
+        try:
+            try:
+                async for event in local:
+                    held.append(event)
+                    if isinstance(event, Finish):
+                        finished = True
+                        break
+                    confidence.add(event.logprob, event.text)
+                    if len(confidence) >= decision.cascade_tokens:
+                        break
+            except (OverloadedError, ModelLoadError):
+                if held:
+                    raise
+                async for escalated in self._local_or_escalate(turn, messages, text):
+                    yield escalated
+                return
+            checked = time.perf_counter()
+            features = {**confidence.features(), **prompt_features(prompt)}
+            escalate, score = self.policy.cascade_check(decision, features)
+            scores = {**decision.scores, "cascade": round(score, 4)}
+            shield = None
+            if escalate:
+                cloud_messages, cloud_route = self._fit(
+                    turn, self._cloud("cascade_low_confidence")
+                )
+                shield = self._shield(turn, cloud_messages)
+            self.metrics.observe_cascade(
+                "escalated" if shield is not None else "kept", checked, len(confidence)
+            )
+            if shield is None:
+                reason = "privacy_keep_local" if escalate else "cascade_confident"
+                yield replace(route, reason=reason, scores=scores)
+                for event in held:
+                    if isinstance(event, TokenEvent) and event.text:
+                        text.append(event.text)
+                    yield event
+                if not finished:
+                    async for event in local:
+                        if isinstance(event, TokenEvent) and event.text:
+                            text.append(event.text)
+                        yield event
+                return
+        finally:
+            await local.aclose()  # cancels the local generation when it is not needed
+        yield replace(cloud_route, scores=scores)
+        async for event in self._cloud_or_fallback(turn, shield, text):
+            yield event
 
     def _shield(self, turn: Turn, messages: list[Message]) -> CloudShield | None:
         """The cloud-bound form of the messages, or None when they must stay local."""
@@ -398,6 +510,14 @@ class Gateway:
     def forget(self, session_id: str) -> None:
         """Drop any state the tiers hold for a session (the local KV cache)."""
         self.local.forget(session_id)
+
+
+def last_user_text(messages: Sequence[Message]) -> str:
+    """The latest user message: what the routers read."""
+    for m in reversed(messages):
+        if m["role"] == "user":
+            return m["content"]
+    return messages[-1]["content"] if messages else ""
 
 
 def cloud_body(turn: Turn, messages: Sequence[Message] | None = None) -> dict[str, Any]:

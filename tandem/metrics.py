@@ -53,6 +53,24 @@ class GatewayMetrics:
             ["route"],
             registry=r,
         )
+        self.cascade = Counter(
+            "tandem_cascade_checks",
+            "Cascade confidence checks, by outcome (kept local or escalated to the cloud)",
+            ["outcome"],
+            registry=r,
+        )
+        self.cascade_tokens = Histogram(
+            "tandem_cascade_checked_tokens",
+            "Local tokens generated before the cascade's check",
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=r,
+        )
+        self.cascade_check = Histogram(
+            "tandem_cascade_check_seconds",
+            "Time of the cascade's confidence check",
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01),
+            registry=r,
+        )
         self.queue_depth = Gauge(
             "tandem_local_queue_depth", "Requests queued or running locally", registry=r
         )
@@ -74,6 +92,11 @@ class GatewayMetrics:
 
     def observe_privacy(self, outcome: str, started: float) -> None:
         self.privacy.labels(outcome).observe(time.perf_counter() - started)
+
+    def observe_cascade(self, outcome: str, started: float, tokens: int) -> None:
+        self.cascade.labels(outcome).inc()
+        self.cascade_tokens.observe(tokens)
+        self.cascade_check.observe(time.perf_counter() - started)
 
     def count_trimmed(self, route: str, messages: int) -> None:
         self.trimmed.labels(route).inc(messages)

@@ -88,6 +88,18 @@ class Settings(BaseSettings):
     )
     privacy_threshold: float = Field(0.35, ge=0, le=1, description="Detector score cut-off")
 
+    # Routing of ``auto`` requests
+    routing_config: Path | None = Field(
+        None, description="Routing config from `tandem calibrate` (default: the shipped one)"
+    )
+    routing_mode: Literal["local_first", "prompt", "cascade", "combined"] | None = Field(
+        None, description="Override the config's mode (local_first: the local model unless a "
+        "gate says otherwise)"
+    )
+    cascade_tokens: int | None = Field(
+        None, ge=1, le=256, description="Local tokens generated before the cascade's check"
+    )
+
     # Sessions
     sessions: bool = Field(True, description="Keep server-side sessions (X-Session-Id)")
     sessions_db: Path | None = Field(

@@ -33,6 +33,8 @@ class FakeEngine:
         self.calls: list[tuple[list[Message], GenerationParams, str]] = []
         self.sessions: list[str | None] = []
         self.forgotten: list[str] = []
+        self.yielded = 0  # tokens handed out (a cancelled stream stops early)
+        self.logprobs: Sequence[float] | None = None  # per token (default: -0.1 * position)
 
     @property
     def n_ctx(self) -> int:
@@ -60,7 +62,9 @@ class FakeEngine:
                 raise self.error
             if self.delay_s:
                 await anyio.sleep(self.delay_s)
-            yield TokenEvent(text=text, logprob=-0.1 * (i + 1), token=text)
+            self.yielded += 1
+            lp = self.logprobs[i] if self.logprobs is not None else -0.1 * (i + 1)
+            yield TokenEvent(text=text, logprob=lp, token=text)
         reason = "length" if len(emitted) < len(self.tokens) else "stop"
         yield Finish(reason, self.count_tokens(messages), len(emitted), prefill_tokens=0)
 

@@ -1,0 +1,178 @@
+"""CLI commands for routing: ``route-eval``, ``train-router`` and ``calibrate``.
+
+Registered on the main ``tandem`` app by ``tandem.cli``; each is a thin layer over
+``tandem.routing``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tandem.errors import ConfigError
+
+TaskOpt = Annotated[str, typer.Option(help="arc_easy, piqa, lambada or mmlu")]
+DataOpt = Annotated[Path | None, typer.Option(
+    help="Another file of the task's format (for MMLU: a CSV file or a folder of them)")]
+DataDir = Annotated[Path | None, typer.Option(
+    help="Folder with the evaluation data (default: $TANDEM_DATA_DIR or ../shared/data next "
+         "to the source checkout)")]
+LocalOpt = Annotated[str, typer.Option(help="Local model: bundled name or GGUF path")]
+CloudOpt = Annotated[str, typer.Option(
+    help="The 'cloud' model, run here on the same items: bundled name or GGUF path")]
+LimitOpt = Annotated[int | None, typer.Option(help="Only the first N items")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print the JSON result")]
+Threads = Annotated[int | None, typer.Option(help="CPU threads (default: all cores)")]
+
+
+def load_rows(task: str, data: Path | None, data_dir: Path | None, limit: int | None,
+              local: str, cloud: str, threads: int | None, console: Console) -> Any:
+    """A task's items with both tiers' per-item results (measured now unless cached)."""
+    from tandem.optimize.commands import _path, _progress
+    from tandem.optimize.evaluate import default_data_dir
+    from tandem.routing.evaluate import build_rows
+    from tandem.routing.tasks import TASK_FILES, default_cache_dir, load_task, run_items
+
+    if task not in TASK_FILES:
+        raise ConfigError(f"Unknown task {task!r}; choose from {', '.join(TASK_FILES)}.",
+                          param="task")
+    path = data or (data_dir or default_data_dir()) / TASK_FILES[task]
+    items = load_task(task, path, limit)
+    if task == "mmlu":
+        return build_rows(task, items)
+    with _progress(console) as progress:
+        local_recs = run_items(_path(local), task, items, default_cache_dir(), threads, progress)
+        cloud_recs = run_items(_path(cloud), task, items, default_cache_dir(), threads, progress)
+    return build_rows(task, items, local_recs, cloud_recs)
+
+
+def _table(result: dict[str, Any]) -> Table:
+    table = Table(title=f"{result['task']}: {result['n_items']} items · local "
+                        f"{result['local_accuracy']:.1%}, cloud {result['cloud_accuracy']:.1%}, "
+                        f"oracle {result['oracle_accuracy']:.1%}")
+    for col in ("router", "APGR", "CPT(50%)", "CPT(80%)", "AUROC", "acc @30% cloud"):
+        table.add_column(col, justify="left" if col == "router" else "right")
+    for name, r in result["routers"].items():
+        apgr = f"{r['apgr']:.3f}" + (f" ± {r['apgr_std']:.3f}" if "apgr_std" in r else "")
+        auroc = r.get("auroc_local_fails")
+        table.add_row(name, apgr, f"{r['cpt50']:.1%}", f"{r['cpt80']:.1%}",
+                      "-" if auroc is None else f"{auroc:.3f}",
+                      "-" if "quality_at_30pct" not in r else f"{r['quality_at_30pct']:.1%}")
+    return table
+
+
+def register(app: typer.Typer, console: Console,
+             clear_errors: Callable[[], contextlib.AbstractContextManager[None]]) -> None:
+    """Add the routing commands to ``app``."""
+
+    @app.command("route-eval")
+    def route_eval(
+        task: TaskOpt,
+        data: DataOpt = None,
+        data_dir: DataDir = None,
+        limit: LimitOpt = None,
+        router: Annotated[list[str] | None, typer.Option(
+            help="Router to score (repeatable; default: all for the task)")] = None,
+        local: LocalOpt = "smollm2",
+        cloud: CloudOpt = "gemma3-270m",
+        folds: Annotated[int, typer.Option(help="Cross-fitting folds for learned routers")] = 5,
+        plot: Annotated[Path | None, typer.Option(help="Write the curves as a PNG")] = None,
+        out: Annotated[Path | None, typer.Option(help="Write the JSON result here")] = None,
+        threads: Threads = None,
+        as_json: AsJson = False,
+    ) -> None:
+        """Score routers on a labeled task: APGR, CPT(50%), CPT(80%), AUROC, vs random/oracle."""
+        from tandem.routing.evaluate import evaluate_routers, plot_curves
+
+        with clear_errors():
+            if folds < 2:
+                raise ConfigError("--folds must be at least 2.", param="folds")
+            rows = load_rows(task, data, data_dir, limit, local, cloud, threads, console)
+            result = evaluate_routers(rows, router, folds)
+            result["models"] = ({"weak": "as labeled", "strong": "as labeled"} if task == "mmlu"
+                                else {"local": local, "cloud": cloud})
+            if out is not None:
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_text(json.dumps(result, indent=1))
+            if plot is not None:
+                plot_curves(result, plot)
+        if as_json:
+            typer.echo(json.dumps(result, indent=1))
+        else:
+            console.print(_table(result))
+            if plot is not None:
+                console.print(f"curves: {plot}")
+
+    @app.command("train-router")
+    def train_router_cmd(
+        out: Annotated[Path, typer.Argument(help="Router file to write (JSON)")],
+        task: Annotated[list[str], typer.Option(help="Task to train on (repeatable)")],
+        router: Annotated[str, typer.Option(help="prompt, cascade or combined")] = "prompt",
+        data_dir: DataDir = None,
+        limit: LimitOpt = None,
+        local: LocalOpt = "smollm2",
+        cloud: CloudOpt = "gemma3-270m",
+        threads: Threads = None,
+    ) -> None:
+        """Train a router on every item of the given tasks and save it for the gateway."""
+        from tandem.routing.evaluate import train_router
+
+        with clear_errors():
+            rows = [load_rows(t, None, data_dir, limit, local, cloud, threads, console)
+                    for t in task]
+            model = train_router(router, rows)
+            model.save(out)
+        n = model.meta["n_items"]
+        console.print(f"{router} router: {len(model.features)} features, trained on {n} items "
+                      f"({', '.join(task)}) → {out}")
+
+    @app.command()
+    def calibrate(
+        target_cloud_rate: Annotated[float, typer.Option(
+            help="Fraction of requests the cloud should take, e.g. 0.3")],
+        prompts: Annotated[Path | None, typer.Option(
+            help="Prompt set: JSON lines with 'prompt', 'query', 'context' or 'turns' fields, "
+                 "or plain text, one prompt per line (default: MT-Bench's first turns)")] = None,
+        config: Annotated[Path | None, typer.Option(
+            help="Routing config to start from (default: the shipped one)")] = None,
+        prompt_router: Annotated[Path | None, typer.Option(
+            help="Use this prompt router (from train-router) instead of the config's")] = None,
+        cascade_router: Annotated[Path | None, typer.Option(
+            help="Use this cascade router (from train-router) instead of the config's")] = None,
+        mode: Annotated[str | None, typer.Option(
+            help="combined, cascade, prompt or local_first (default: the config's)")] = None,
+        prompt_share: Annotated[float, typer.Option(
+            help="In combined mode, the share of the cloud calls the prompt router makes "
+                 "before generation (the cascade makes the rest)")] = 0.5,
+        model: Annotated[str, typer.Option(help="Local model for the cascade's confidence")]
+        = "smollm2",
+        data_dir: DataDir = None,
+        out: Annotated[Path, typer.Option(help="Routing config to write")] = Path(
+            "routing.json"),
+        as_json: AsJson = False,
+    ) -> None:
+        """Set the routers' thresholds so that a prompt set sends the target share to the cloud.
+
+        Serve with the result: ``TANDEM_ROUTING_CONFIG=routing.json tandem serve``.
+        """
+        from tandem.routing.calibrate import calibrate as run
+        from tandem.routing.calibrate import read_prompts, with_routers
+
+        with clear_errors():
+            base = with_routers(config, prompt_router, cascade_router)
+            texts = read_prompts(prompts, data_dir)
+            result = run(base, texts, target_cloud_rate, mode, prompt_share, model, console)
+            result.config.save(out)
+        summary = result.summary()
+        if as_json:
+            typer.echo(json.dumps(summary, indent=1))
+        else:
+            console.print_json(json.dumps(summary))
+            console.print(f"wrote {out}; serve with TANDEM_ROUTING_CONFIG={out}")
