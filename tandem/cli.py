@@ -314,6 +314,19 @@ def bench_privacy(
     _emit(result, as_json)
 
 
+@bench_app.command("router")
+def bench_router(
+    quick: Annotated[bool, typer.Option(help="Fewer timed decisions")] = False,
+    as_json: AsJson = False,
+    out: BenchOut = None,
+) -> None:
+    """Routing decision latency on a 500-token prompt, and the cascade's cost per token."""
+    from bench.router import run_router_bench
+
+    result = run_router_bench(load_settings(), quick, out or _results("router"), console)
+    _emit(result, as_json)
+
+
 @bench_app.command("faults")
 def bench_faults(
     quick: Annotated[bool, typer.Option(help="6 requests per fault instead of 30")] = False,

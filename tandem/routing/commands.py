@@ -94,7 +94,9 @@ def register(app: typer.Typer, console: Console,
         with clear_errors():
             if folds < 2:
                 raise ConfigError("--folds must be at least 2.", param="folds")
-            rows = load_rows(task, data, data_dir, limit, local, cloud, threads, console)
+            # With --json, stdout carries the JSON alone: progress goes to stderr.
+            shown = Console(stderr=True) if as_json else console
+            rows = load_rows(task, data, data_dir, limit, local, cloud, threads, shown)
             result = evaluate_routers(rows, router, folds)
             result["models"] = ({"weak": "as labeled", "strong": "as labeled"} if task == "mmlu"
                                 else {"local": local, "cloud": cloud})
@@ -114,7 +116,11 @@ def register(app: typer.Typer, console: Console,
     def train_router_cmd(
         out: Annotated[Path, typer.Argument(help="Router file to write (JSON)")],
         task: Annotated[list[str], typer.Option(help="Task to train on (repeatable)")],
-        router: Annotated[str, typer.Option(help="prompt, cascade or combined")] = "prompt",
+        router: Annotated[str, typer.Option(help="prompt or cascade")] = "prompt",
+        features: Annotated[str | None, typer.Option(
+            help="Comma-separated subset of the router's features (default: all). The "
+                 "shipped cascade router keeps the log-probability statistics and 'copied': "
+                 "the other word features describe one-word answers, not chat")] = None,
         data_dir: DataDir = None,
         limit: LimitOpt = None,
         local: LocalOpt = "smollm2",
@@ -127,7 +133,9 @@ def register(app: typer.Typer, console: Console,
         with clear_errors():
             rows = [load_rows(t, None, data_dir, limit, local, cloud, threads, console)
                     for t in task]
-            model = train_router(router, rows)
+            subset = None if features is None else [
+                f.strip() for f in features.split(",") if f.strip()]
+            model = train_router(router, rows, subset)
             model.save(out)
         n = model.meta["n_items"]
         console.print(f"{router} router: {len(model.features)} features, trained on {n} items "
@@ -168,7 +176,8 @@ def register(app: typer.Typer, console: Console,
         with clear_errors():
             base = with_routers(config, prompt_router, cascade_router)
             texts = read_prompts(prompts, data_dir)
-            result = run(base, texts, target_cloud_rate, mode, prompt_share, model, console)
+            shown = Console(stderr=True) if as_json else console
+            result = run(base, texts, target_cloud_rate, mode, prompt_share, model, shown)
             result.config.save(out)
         summary = result.summary()
         if as_json:

@@ -31,16 +31,16 @@ from tandem.routing.signals import (
     CHOICE_FEATURES,
     GENERATION_FEATURES,
     PROMPT_FEATURES,
+    PromptIndex,
     choice_confidence,
     generation_confidence,
     prompt_features,
-    prompt_words,
 )
 from tandem.routing.tasks import MULTIPLE_CHOICE, Item
 
 LEARNED = ("cascade", "prompt", "combined")
 # Confidence statistics where a higher value means *less* sure (the rest: more sure).
-_UNSURE = {"entropy"}
+_UNSURE = {"entropy", "pred_prior", "function_words", "copy_recency"}
 DEFAULT_C = 0.3  # fixed L2 strength of the learned routers: not tuned on the reported items
 
 
@@ -86,12 +86,13 @@ def build_rows(task: str, items: Sequence[Item],
             rec = local[item.key]
             if task in MULTIPLE_CHOICE:
                 row = prompt_features(mc_prompt(item))
-                row.update(choice_confidence(rec["ll"], rec["n_bytes"], rec["ll_uncond"]))
+                row.update(choice_confidence(rec["ll"], rec["n_bytes"], rec["ll_uncond"],
+                                             rec["n_tokens"]))
                 confidence = CHOICE_FEATURES
             else:
                 row = prompt_features(item.prompt)
                 row.update(generation_confidence(rec["logprobs"], rec["word"],
-                                                 prompt_words(item.prompt)))
+                                                 PromptIndex.of(item.prompt)))
                 confidence = GENERATION_FEATURES
             lo.append(int(rec["correct"]))
             cl.append(int(cloud[item.key]["correct"]))
@@ -111,7 +112,9 @@ def learned_features(name: str, rows: TaskRows) -> tuple[str, ...]:
         return PROMPT_FEATURES
     if name == "cascade":
         return rows.confidence
-    return rows.confidence + PROMPT_FEATURES
+    # Stacked: the prompt router's score is one feature, not its twenty inputs (which overfit
+    # next to the confidence features: measured on ARC-Easy, APGR 0.72 vs 0.76 for cascade).
+    return (*rows.confidence, "prompt_score")
 
 
 def fold_of(item: Item, folds: int) -> int:
@@ -120,21 +123,50 @@ def fold_of(item: Item, folds: int) -> int:
     return int(hashlib.sha256(basis.encode()).hexdigest()[:8], 16) % folds
 
 
-def cross_fit(name: str, rows: TaskRows, folds: int, c: float = DEFAULT_C) -> np.ndarray:
-    """Out-of-fold scores of a learned router: each fold scored by a router trained without it."""
-    features = learned_features(name, rows)
-    fold = np.array([fold_of(it, folds) for it in rows.items])
+def _folds(rows: TaskRows, index: np.ndarray, folds: int) -> np.ndarray:
+    return np.array([fold_of(rows.items[i], folds) for i in index])
+
+
+def _with_prompt_scores(rows: TaskRows, train: np.ndarray, test: np.ndarray, folds: int,
+                        c: float) -> list[dict[str, float]]:
+    """Feature rows with ``prompt_score``: out-of-fold on ``train``, from all of it on ``test``."""
+    feats = [dict(f) for f in rows.features]
+    inner = _fit_scores("prompt", rows, train, folds, c)
+    for i, s in zip(train, inner, strict=True):
+        feats[i]["prompt_score"] = float(s)
+    router = LinearRouter.fit([rows.features[i] for i in train], rows.gains[train],
+                              PROMPT_FEATURES, c)
+    for i, s in zip(test, router.scores(router.matrix([rows.features[i] for i in test])),
+                    strict=True):
+        feats[i]["prompt_score"] = float(s)
+    return feats
+
+
+def _fit_scores(name: str, rows: TaskRows, index: np.ndarray, folds: int, c: float
+                ) -> np.ndarray:
+    """Out-of-fold scores of router ``name`` for the items ``index`` (folds within them)."""
+    fold = _folds(rows, index, folds)
     if len(set(fold.tolist())) < 2:
-        raise ConfigError(f"Cross-fitting needs items in at least two folds; got {len(rows.items)} "
+        raise ConfigError(f"Cross-fitting needs items in at least two folds; got {len(index)} "
                           "items (use more items or fewer --folds).")
-    scores = np.zeros(len(rows.items))
-    gains = rows.gains
+    features = learned_features(name, rows)
+    scores = np.zeros(len(index))
     for k in sorted(set(fold.tolist())):
-        train = np.nonzero(fold != k)[0]
-        test = np.nonzero(fold == k)[0]
-        router = LinearRouter.fit([rows.features[i] for i in train], gains[train], features, c)
-        scores[test] = router.scores(router.matrix([rows.features[i] for i in test]))
+        train, test = index[fold != k], index[fold == k]
+        feats = (_with_prompt_scores(rows, train, test, folds, c) if name == "combined"
+                 else rows.features)
+        router = LinearRouter.fit([feats[i] for i in train], rows.gains[train], features, c)
+        scores[fold == k] = router.scores(router.matrix([feats[i] for i in test]))
     return scores
+
+
+def cross_fit(name: str, rows: TaskRows, folds: int, c: float = DEFAULT_C) -> np.ndarray:
+    """Out-of-fold scores of a learned router: each fold scored by a router trained without it.
+
+    For ``combined`` the prompt router's score inside each training part is itself
+    out-of-fold, so the stacked router never learns from a score that saw its own label.
+    """
+    return _fit_scores(name, rows, np.arange(len(rows.items)), folds, c)
 
 
 def router_scores(name: str, rows: TaskRows, folds: int) -> np.ndarray:
@@ -184,14 +216,24 @@ def evaluate_routers(rows: TaskRows, names: Sequence[str] | None = None, folds: 
     return out
 
 
-def train_router(name: str, rows: Sequence[TaskRows], c: float = DEFAULT_C) -> LinearRouter:
+def train_router(name: str, rows: Sequence[TaskRows], subset: Sequence[str] | None = None,
+                 c: float = DEFAULT_C) -> LinearRouter:
     """One router trained on every item of the given tasks (for the gateway)."""
     if name not in LEARNED:
         raise ConfigError(f"Only learned routers can be trained: {', '.join(LEARNED)}.")
     features = learned_features(name, rows[0])
-    if any(learned_features(name, r) != features for r in rows):
+    if subset:
+        unknown = sorted(set(subset) - set(features))
+        if unknown:
+            raise ConfigError(f"The {name} router has no feature {', '.join(unknown)}; choose "
+                              f"from {', '.join(features)}.", param="features")
+        features = tuple(subset)
+    if any(learned_features(name, r) != learned_features(name, rows[0]) for r in rows):
         raise ConfigError(f"The {name!r} router needs the same features in every task; "
                           "do not mix multiple-choice and generation tasks.")
+    if name == "combined":
+        raise ConfigError("Train the gateway's combined policy as two routers: `--router "
+                          "prompt` and `--router cascade` (calibrate puts them together).")
     feats = [f for r in rows for f in r.features]
     gains = np.concatenate([r.gains for r in rows])
     meta = {

@@ -10,44 +10,88 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 # -- confidence of a generation ---------------------------------------------------------------
 
-GENERATION_FEATURES = (
+LOGPROB_FEATURES = (
     "lp_mean", "lp_min", "lp_q10", "lp_q25", "lp_first", "lp_sum", "n_tokens", "lp_last",
-    "copied",
 )
+WORD_FEATURES = ("copied", "copy_count", "copy_recency", "function_words", "word_len",
+                 "capitalized")
+GENERATION_FEATURES = LOGPROB_FEATURES + WORD_FEATURES
 _WORD = re.compile(r"\w+")
+# Function words: an answer made of them is rarely the content a question asks for.
+FUNCTION_WORDS = frozenset((
+    "a", "an", "the", "of", "to", "in", "on", "at", "by", "for", "from", "with", "as", "and",
+    "or", "but", "nor", "so", "if", "then", "than", "that", "this", "these", "those", "it",
+    "its", "he", "she", "they", "we", "you", "i", "me", "him", "her", "them", "us", "his",
+    "their", "our", "your", "my", "be", "is", "are", "was", "were", "been", "am", "do", "does",
+    "did", "not", "no", "there", "here", "what", "which", "who", "whom", "whose", "when",
+    "where", "why", "how", "all", "any", "some", "such",
+))
 
 
-def prompt_words(prompt: str) -> frozenset[str]:
-    return frozenset(w.lower() for w in _WORD.findall(prompt))
+@dataclass(frozen=True)
+class PromptIndex:
+    """The prompt's words: how often each occurs, and how far from the end it last occurs."""
+
+    counts: dict[str, int]
+    last_seen: dict[str, int]  # words between the last occurrence and the prompt's end
+    n_words: int
+
+    @classmethod
+    def of(cls, prompt: str) -> PromptIndex:
+        words = [w.lower() for w in _WORD.findall(prompt)]
+        counts: dict[str, int] = {}
+        last: dict[str, int] = {}
+        for i, w in enumerate(words):
+            counts[w] = counts.get(w, 0) + 1
+            last[w] = len(words) - i
+        return cls(counts, last, len(words))
 
 
-def copied_rate(text: str, words: frozenset[str]) -> float:
-    """The fraction of the generated words that also occur in the prompt.
+def word_features(text: str, index: PromptIndex) -> dict[str, float]:
+    """What the generated words are, against the prompt's.
 
-    Copying is a strong correctness signal for answers that are found in the context (names,
-    entities): a small model that makes a word up is more often wrong than one that copies it.
+    ``copied``: the share of generated words found in the prompt (a small model that copies a
+    name or entity from the context is more often right than one that makes a word up);
+    ``copy_count``/``copy_recency``: how often, and how recently, the copied words occur
+    (log scale); ``function_words``: the share of function words (an answer that is all
+    "the"/"that" missed the question); ``word_len``: mean word length; ``capitalized``: the
+    share of capitalised words (names).
     """
-    generated = [w.lower() for w in _WORD.findall(text)]
-    if not generated:
-        return 0.0
-    return sum(w in words for w in generated) / len(generated)
+    raw = _WORD.findall(text)
+    if not raw:
+        return dict.fromkeys(WORD_FEATURES, 0.0)
+    words = [w.lower() for w in raw]
+    copied = [w for w in words if w in index.counts]
+    n = len(words)
+    absent = math.log1p(index.n_words) + 1.0
+    return {
+        "copied": len(copied) / n,
+        "copy_count": sum(math.log1p(index.counts.get(w, 0)) for w in words) / n,
+        "copy_recency": sum(math.log1p(index.last_seen[w]) if w in index.last_seen else absent
+                            for w in words) / n,
+        "function_words": sum(w in FUNCTION_WORDS for w in words) / n,
+        "word_len": sum(len(w) for w in words) / n,
+        "capitalized": sum(w[:1].isupper() for w in raw) / n,
+    }
 
 
 def generation_confidence(logprobs: Sequence[float], text: str = "",
-                          words: frozenset[str] = frozenset()) -> dict[str, float]:
-    """Statistics of the chosen tokens' log-probabilities (higher: more confident).
+                          index: PromptIndex | None = None) -> dict[str, float]:
+    """Statistics of the chosen tokens' log-probabilities (higher: more confident), and the
+    generated words' ``word_features`` against the prompt's ``index``.
 
     ``lp_q10``/``lp_q25`` are low quantiles (robust minimums); ``lp_sum`` is the sequence's
-    log-probability and ``lp_mean`` its length-normalised form; ``copied`` is
-    ``copied_rate(text, words)`` (``words``: the prompt's, from ``prompt_words``).
+    log-probability and ``lp_mean`` its length-normalised form.
     """
+    words = word_features(text, index or PromptIndex({}, {}, 0))
     if not logprobs:
-        return dict.fromkeys(GENERATION_FEATURES, 0.0)
+        return {**dict.fromkeys(LOGPROB_FEATURES, 0.0), **words}
     lp = np.asarray(logprobs, dtype=np.float64)
     return {
         "lp_mean": float(lp.mean()),
@@ -58,19 +102,19 @@ def generation_confidence(logprobs: Sequence[float], text: str = "",
         "lp_sum": float(lp.sum()),
         "n_tokens": float(len(lp)),
         "lp_last": float(lp[-1]),
-        "copied": copied_rate(text, words),
+        **words,
     }
 
 
 class RunningConfidence:
     """The cascade's per-token check: O(1) work per token, statistics on demand."""
 
-    __slots__ = ("_lps", "_text", "_words")
+    __slots__ = ("_index", "_lps", "_text")
 
     def __init__(self, prompt: str = "") -> None:
         self._lps: list[float] = []
         self._text: list[str] = []
-        self._words = prompt_words(prompt)
+        self._index = PromptIndex.of(prompt)
 
     def add(self, logprob: float | None, text: str = "") -> None:
         if logprob is not None and math.isfinite(logprob):
@@ -81,13 +125,14 @@ class RunningConfidence:
         return len(self._lps)
 
     def features(self) -> dict[str, float]:
-        return generation_confidence(self._lps, "".join(self._text), self._words)
+        return generation_confidence(self._lps, "".join(self._text), self._index)
 
 
 # -- confidence of a multiple-choice answer -------------------------------------------------------
 
 CHOICE_FEATURES = (
-    "p_max", "margin", "entropy", "p_max_raw", "margin_raw", "pmi_agrees", "raw_agrees",
+    "p_max", "margin", "entropy", "p_max_raw", "margin_raw", "p_max_pmi", "margin_pmi",
+    "pmi_agrees", "raw_agrees", "token_agrees", "agreement", "pred_pmi", "pred_prior",
 )
 
 
@@ -97,30 +142,51 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return out
 
 
+def _top(p: np.ndarray) -> tuple[float, float]:
+    s = np.sort(p)
+    return float(s[-1]), float(s[-1] - s[-2]) if len(s) > 1 else 1.0
+
+
 def choice_confidence(ll: Sequence[float], n_bytes: Sequence[int],
-                      ll_uncond: Sequence[float] | None = None) -> dict[str, float]:
+                      ll_uncond: Sequence[float] | None = None,
+                      n_tokens: Sequence[int] | None = None) -> dict[str, float]:
     """How sure the model is of its choice, from each choice's log-likelihood.
 
-    The answer is the choice with the highest log-likelihood per byte; ``p_max`` and ``margin``
+    The answer is the choice with the highest log-likelihood per byte. ``p_max``/``margin``
     come from a softmax over those normalised scores (scaled to nats per ~4-byte token), the
-    ``_raw`` variants from the raw sums. ``pmi_agrees``/``raw_agrees``: do the choice by
-    pointwise mutual information (query vs no query) and by raw sum pick the same answer?
+    ``_raw`` variants from the raw sums, the ``_pmi`` ones from the pointwise mutual information
+    with the query (log-likelihood with the query minus without it). ``*_agrees``: does the
+    choice by PMI, by raw sum, by log-likelihood per token pick the same answer?
+    ``agreement`` is their mean. ``pred_pmi`` is how much the query raises the answer's
+    likelihood (per ~token), ``pred_prior`` how likely the answer is without the query,
+    relative to the other choices: an answer picked for being a likely phrase, not for
+    answering, is a guess.
     """
     raw = np.asarray(ll, dtype=np.float64)
-    norm = raw / np.maximum(np.asarray(n_bytes, dtype=np.float64), 1.0) * 4.0
+    nb = np.maximum(np.asarray(n_bytes, dtype=np.float64), 1.0)
+    norm = raw / nb * 4.0
+    uncond = np.asarray(ll_uncond, dtype=np.float64) if ll_uncond is not None else raw * 0
+    pmi = raw - uncond
+    per_token = raw / np.maximum(np.asarray(n_tokens, dtype=np.float64), 1.0) if (
+        n_tokens is not None) else norm
     p = _softmax(norm)
-    pr = _softmax(raw)
-    ps, prs = np.sort(p), np.sort(pr)
     pred = int(np.argmax(norm))
-    pmi = (raw - np.asarray(ll_uncond)) if ll_uncond is not None else raw
+    agrees = [float(int(np.argmax(v)) == pred) for v in (pmi, raw, per_token)]
+    prior = uncond / nb * 4.0
     return {
-        "p_max": float(ps[-1]),
-        "margin": float(ps[-1] - ps[-2]) if len(ps) > 1 else 1.0,
+        "p_max": _top(p)[0],
+        "margin": _top(p)[1],
         "entropy": float(-(p * np.log(p + 1e-12)).sum()),
-        "p_max_raw": float(prs[-1]),
-        "margin_raw": float(prs[-1] - prs[-2]) if len(prs) > 1 else 1.0,
-        "pmi_agrees": float(int(np.argmax(pmi)) == pred),
-        "raw_agrees": float(int(np.argmax(raw)) == pred),
+        "p_max_raw": _top(_softmax(raw))[0],
+        "margin_raw": _top(_softmax(raw))[1],
+        "p_max_pmi": _top(_softmax(pmi))[0],
+        "margin_pmi": _top(_softmax(pmi))[1],
+        "pmi_agrees": agrees[0],
+        "raw_agrees": agrees[1],
+        "token_agrees": agrees[2],
+        "agreement": float(np.mean(agrees)),
+        "pred_pmi": float(pmi[pred] / nb[pred] * 4.0),
+        "pred_prior": float(prior[pred] - prior.mean()),
     }
 
 

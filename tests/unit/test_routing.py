@@ -16,6 +16,7 @@ from tandem.routing.metrics import auroc, deferral_curve, oracle_scores, random_
 from tandem.routing.model import LinearRouter, threshold_for_rate
 from tandem.routing.policy import Action, RequestContext, RoutingConfig, RoutingPolicy, ScoredRouter
 from tandem.routing.signals import (
+    PromptIndex,
     RunningConfidence,
     choice_confidence,
     generation_confidence,
@@ -111,11 +112,14 @@ def test_threshold_for_rate_sends_that_share() -> None:
 
 def test_generation_confidence_statistics() -> None:
     lps = [-0.1, -2.0, -0.3, -0.05]
-    f = generation_confidence(lps, " Paris is", frozenset({"paris", "capital"}))
+    f = generation_confidence(lps, " Paris is", PromptIndex.of("The capital: Paris, paris"))
     assert f["lp_min"] == -2.0 and f["lp_first"] == -0.1 and f["lp_last"] == -0.05
     assert f["lp_mean"] == pytest.approx(np.mean(lps))
     assert f["lp_q10"] < f["lp_q25"] < f["lp_mean"] or f["lp_q25"] >= f["lp_q10"]
     assert f["copied"] == 0.5  # "paris" is in the prompt, "is" is not
+    assert f["function_words"] == 0.5 and f["capitalized"] == 0.5
+    assert f["copy_count"] == pytest.approx(np.log1p(2) / 2)  # twice, and not at all
+    assert f["copy_recency"] == pytest.approx((np.log1p(1) + np.log1p(4) + 1) / 2)
     running = RunningConfidence("What is the capital? Paris")
     for lp, t in zip(lps, [" Paris", " is", " nice", "."], strict=True):
         running.add(lp, t)
@@ -173,8 +177,9 @@ def test_cross_fitting_never_scores_an_item_with_a_router_that_saw_it() -> None:
     rng = np.random.default_rng(4)
     items = [Item(f"{i:016x}", f"q {i}", {"choices": ["a", "b"], "gold": 0}) for i in range(400)]
     local = {it.key: {"ll": list(rng.normal(size=2)), "ll_uncond": [0.0, 0.0], "n_bytes": [2, 2],
-                      "correct": int(rng.integers(0, 2))} for it in items}
-    cloud = {it.key: {"correct": int(rng.integers(0, 2))} for it in items}
+                      "n_tokens": [1, 1],
+                      "correct": int(rng.random() < 0.3)} for it in items}
+    cloud = {it.key: {"correct": int(rng.random() < 0.7)} for it in items}
     rows = build_rows("arc_easy", items, local, cloud)
     scores = cross_fit("cascade", rows, folds=5)
     apgr = deferral_curve(scores, rows.local_ok, rows.cloud_ok).apgr()
