@@ -177,7 +177,8 @@ def test_disconnect_mid_stream_and_concurrent_turns_on_a_real_server(standin_clo
             results.append(
                 httpx.post(
                     f"{base}/chat/completions",
-                    json={"messages": [{"role": "user", "content": text}], "max_tokens": 12},
+                    json={"messages": [{"role": "user", "content": text}], "max_tokens": 12,
+                          "tandem": {"route": "local"}},  # usage counts come from the engine
                     headers={"X-Session-Id": "both"},
                     timeout=60,
                 )
