@@ -196,7 +196,7 @@ PROMPT_FEATURES = (
     "log_chars", "log_question_chars", "log_choice_chars", "log_longest_choice",
     "choice_len_spread", "digit_rate", "choice_digit_rate", "lines", "math_rate", "numbers",
     "negation", "statements", "has_question_mark", "mean_word_len", "upper_rate",
-    "compute_verb", "blank", "scenario", "sentences", "code_rate",
+    "compute_verb", "blank", "scenario", "sentences", "code_rate", "choice_overlap",
 )
 _CHOICE_LINE = re.compile(r"^\(?[A-Da-d][.)] (.*)$", re.M)
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
@@ -220,6 +220,10 @@ def prompt_features(text: str) -> dict[str, float]:
     lengths = [len(c) for c in choices] or [0]
     words = text.split()
     choice_text = "".join(choices)
+    # Choices that share their words are harder to tell apart (mean pairwise Jaccard overlap).
+    sets = [frozenset(w.lower() for w in _WORD.findall(c)) for c in choices]
+    overlaps = [len(a & b) / max(len(a | b), 1)
+                for i, a in enumerate(sets) for b in sets[i + 1:]]
     return {
         "log_chars": math.log1p(len(text)),
         "log_question_chars": math.log1p(len(question)),
@@ -241,4 +245,5 @@ def prompt_features(text: str) -> dict[str, float]:
         "scenario": float("Scenario" in text),
         "sentences": question.count(". ") / 5,
         "code_rate": sum(c in _CODE for c in text) / n * 10,
+        "choice_overlap": float(np.mean(overlaps)) if overlaps else 0.0,
     }
