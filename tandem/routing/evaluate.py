@@ -256,10 +256,14 @@ def plot_curves(result: Mapping[str, Any], path: Any, routers: Sequence[str] | N
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if not routers:  # the baselines, the learned routers and the best single statistic
+        stats = [n for n in result["routers"] if n.startswith("conf-")]
+        best = sorted(stats, key=lambda n: -result["routers"][n]["apgr"])[:1]
+        routers = ["random", "oracle", *LEARNED, *best]
     fig, ax = plt.subplots(figsize=(7, 5))
     x = np.asarray(result["curve_fractions"]) * 100
     for name, r in result["routers"].items():
-        if routers and name not in routers:
+        if name not in routers:
             continue
         style = {"random": ":", "oracle": "--"}.get(name, "-")
         ax.plot(x, np.asarray(r["curve"]) * 100, style,
