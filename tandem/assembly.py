@@ -54,6 +54,8 @@ def build_policy(settings: Settings) -> RoutingPolicy:
         config = replace(config, mode=settings.routing_mode)
     if settings.cascade_tokens is not None:
         config = replace(config, cascade_tokens=settings.cascade_tokens)
+    if settings.cascade_hedge_band is not None:
+        config = replace(config, hedge_band=settings.cascade_hedge_band)
     return RoutingPolicy(config)
 
 

@@ -8,6 +8,7 @@ whenever the answering tier changes (a failed cloud call continues locally), the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import OrderedDict
@@ -296,11 +297,13 @@ class Gateway:
             yield event
 
     async def _cloud_or_fallback(
-        self, turn: Turn, shield: CloudShield, text: list[str]
+        self, turn: Turn, shield: CloudShield, text: list[str], hedge: _Hedge | None = None
     ) -> AsyncIterator[GatewayEvent]:
-        """The cloud's answer; a failed cloud call is continued (or answered) locally."""
+        """The cloud's answer (from ``hedge`` when it was started early); a failed cloud call
+        is continued (or answered) locally."""
+        source = hedge.stream(text) if hedge is not None else self._stream_cloud(turn, shield, text)
         try:
-            async for event in self._stream_cloud(turn, shield, text):
+            async for event in source:
                 yield event
         except CloudError as exc:
             reason = "cloud_failed" if not text else "cloud_failed_midstream"
@@ -351,6 +354,9 @@ class Gateway:
         local = self.local.stream(messages, turn.params, "", turn.session_id)
         assert isinstance(local, AsyncGenerator)
         finished = False
+        hedge: _Hedge | None = None
+        band = self.policy.config.hedge_band
+        hedge_at = max(1, decision.cascade_tokens // 2)
         try:
             try:
                 async for event in local:
@@ -361,6 +367,8 @@ class Gateway:
                     confidence.add(event.logprob, event.text)
                     if len(confidence) >= decision.cascade_tokens:
                         break
+                    if band > 0 and len(confidence) == hedge_at:
+                        hedge = self._maybe_hedge(turn, decision, confidence, prompt, band)
             except (OverloadedError, ModelLoadError):
                 if held:
                     raise
@@ -380,6 +388,10 @@ class Gateway:
             self.metrics.observe_cascade(
                 "escalated" if shield is not None else "kept", checked, len(confidence)
             )
+            if hedge is not None and shield is None:
+                await hedge.cancel()
+                self.metrics.count_hedge("cancelled")
+                hedge = None
             if shield is None:
                 reason = "privacy_keep_local" if escalate else "cascade_confident"
                 yield replace(route, reason=reason, scores=scores)
@@ -393,11 +405,32 @@ class Gateway:
                             text.append(event.text)
                         yield event
                 return
+        except BaseException:
+            if hedge is not None:
+                await hedge.cancel()
+            raise
         finally:
             await local.aclose()  # cancels the local generation when it is not needed
+        if hedge is not None:
+            self.metrics.count_hedge("used")
+            scores["hedged"] = 1.0
         yield replace(cloud_route, scores=scores)
-        async for event in self._cloud_or_fallback(turn, shield, text):
+        async for event in self._cloud_or_fallback(turn, shield, text, hedge):
             yield event
+
+    def _maybe_hedge(self, turn: Turn, decision: RouteDecision, confidence: RunningConfidence,
+                     prompt: str, band: float) -> _Hedge | None:
+        """Start the cloud early when the confidence so far is within ``band`` of escalating."""
+        features = {**confidence.features(), **prompt_features(prompt)}
+        borderline, _ = self.policy.cascade_check(decision, features, margin=band)
+        if not borderline:
+            return None
+        messages, _ = self._fit(turn, self._cloud("cascade_low_confidence"))
+        shield = self._shield(turn, messages)
+        if shield is None:
+            return None
+        self.metrics.count_hedge("started")
+        return _Hedge(self._stream_cloud(turn, shield, []))
 
     def _shield(self, turn: Turn, messages: list[Message]) -> CloudShield | None:
         """The cloud-bound form of the messages, or None when they must stay local."""
@@ -510,6 +543,36 @@ class Gateway:
     def forget(self, session_id: str) -> None:
         """Drop any state the tiers hold for a session (the local KV cache)."""
         self.local.forget(session_id)
+
+
+class _Hedge:
+    """A cloud answer started early by a hedged cascade, buffered until used or cancelled."""
+
+    def __init__(self, source: AsyncIterator[StreamEvent]):
+        self._events: asyncio.Queue[StreamEvent | BaseException | None] = asyncio.Queue()
+        self._task = asyncio.create_task(self._pump(source))
+
+    async def _pump(self, source: AsyncIterator[StreamEvent]) -> None:
+        try:
+            async for event in source:
+                self._events.put_nowait(event)
+        except Exception as exc:  # handed to the consumer, which falls back
+            self._events.put_nowait(exc)
+            return
+        self._events.put_nowait(None)
+
+    async def stream(self, text: list[str]) -> AsyncIterator[StreamEvent]:
+        while (item := await self._events.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            if isinstance(item, TokenEvent) and item.text:
+                text.append(item.text)
+            yield item
+
+    async def cancel(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
 
 
 def last_user_text(messages: Sequence[Message]) -> str:

@@ -59,6 +59,12 @@ class GatewayMetrics:
             ["outcome"],
             registry=r,
         )
+        self.hedges = Counter(
+            "tandem_cascade_hedges",
+            "Cloud calls started early by the hedged cascade: started, then used or cancelled",
+            ["outcome"],
+            registry=r,
+        )
         self.cascade_tokens = Histogram(
             "tandem_cascade_checked_tokens",
             "Local tokens generated before the cascade's check",
@@ -97,6 +103,9 @@ class GatewayMetrics:
         self.cascade.labels(outcome).inc()
         self.cascade_tokens.observe(tokens)
         self.cascade_check.observe(time.perf_counter() - started)
+
+    def count_hedge(self, outcome: str) -> None:
+        self.hedges.labels(outcome).inc()
 
     def count_trimmed(self, route: str, messages: int) -> None:
         self.trimmed.labels(route).inc(messages)

@@ -99,6 +99,10 @@ class Settings(BaseSettings):
     cascade_tokens: int | None = Field(
         None, ge=1, le=256, description="Local tokens generated before the cascade's check"
     )
+    cascade_hedge_band: float | None = Field(
+        None, ge=0, description="Start the cloud early when the cascade's score is this close "
+        "to escalating half-way to the check (0: never)"
+    )
 
     # Sessions
     sessions: bool = Field(True, description="Keep server-side sessions (X-Session-Id)")

@@ -81,6 +81,9 @@ class RoutingConfig:
     cascade_tokens: int = 16
     hysteresis: float = 0.02
     device_bias: float = 0.1
+    # Hedged cascade: half-way to the check, a score within this band of escalating starts
+    # the cloud call early (0: off). Saves time when it escalates, costs a cloud call when not.
+    hedge_band: float = 0.0
     limits: DeviceLimits = field(default_factory=DeviceLimits)
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -109,6 +112,7 @@ class RoutingConfig:
             "cascade_tokens": self.cascade_tokens,
             "hysteresis": self.hysteresis,
             "device_bias": self.device_bias,
+            "hedge_band": self.hedge_band,
             "prompt": scored(self.prompt),
             "cascade": scored(self.cascade),
             "meta": self.meta,
@@ -133,6 +137,7 @@ class RoutingConfig:
                 cascade_tokens=int(data.get("cascade_tokens", 16)),
                 hysteresis=float(data.get("hysteresis", 0.02)),
                 device_bias=float(data.get("device_bias", 0.1)),
+                hedge_band=float(data.get("hedge_band", 0.0)),
                 meta=dict(data.get("meta", {})),
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -202,10 +207,11 @@ class RoutingPolicy:
             shift -= self.config.hysteresis
         return shift
 
-    def cascade_check(self, decision: RouteDecision, features: Mapping[str, float]
-                      ) -> tuple[bool, float]:
-        """(escalate?, score) for a cascade's local start with these confidence features."""
+    def cascade_check(self, decision: RouteDecision, features: Mapping[str, float],
+                      margin: float = 0.0) -> tuple[bool, float]:
+        """(escalate?, score) for a cascade's local start with these confidence features;
+        ``margin`` lowers the threshold (the hedged mode's "borderline" test)."""
         cascade = self.config.cascade
         assert cascade is not None
         score = cascade.router.score(features)
-        return score + decision.threshold_shift > cascade.threshold, score
+        return score + decision.threshold_shift > cascade.threshold - margin, score

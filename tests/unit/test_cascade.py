@@ -28,12 +28,13 @@ USER = [{"role": "user", "content": "Tell me something"}]
 TOKENS = [" one", " two", " three", " four", " five", " six"]
 
 
-def cascade_policy(cut: float = 0.5, tokens: int = 3) -> RoutingPolicy:
+def cascade_policy(cut: float = 0.5, tokens: int = 3, hedge: float = 0.0) -> RoutingPolicy:
     # score = sigmoid(-lp_mean): sure answers (lp near 0) score 0.5, unsure ones more.
     router = LinearRouter(("lp_mean",), np.zeros(1), np.ones(1), np.array([[-1.0]]),
                           np.zeros(1), (0, 1))
     return RoutingPolicy(RoutingConfig(mode="cascade", cascade=ScoredRouter(router, cut),
-                                       cascade_tokens=tokens, hysteresis=0.0))
+                                       cascade_tokens=tokens, hysteresis=0.0,
+                                       hedge_band=hedge))
 
 
 class KeepLocal(PrivacyGuard):
@@ -45,11 +46,17 @@ class KeepLocal(PrivacyGuard):
 
 
 def gateway(engine: FakeEngine, fail: bool = False, privacy: PrivacyGuard | None = None,
-            cut: float = 0.6) -> Gateway:
+            cut: float = 0.6, policy: RoutingPolicy | None = None,
+            cloud_calls: list[int] | None = None) -> Gateway:
+    def failing() -> bool:
+        if cloud_calls is not None:
+            cloud_calls.append(engine.yielded)  # how far the local model was at the call
+        return fail
+
     cloud = CloudClient.from_settings(Settings(), "http://cloud.test/v1",
-                                      transport=cloud_transport(fail=lambda: fail))
+                                      transport=cloud_transport(fail=failing))
     return Gateway(engine, cloud, GatewayMetrics(), 128, privacy,
-                   policy=cascade_policy(cut))
+                   policy=policy or cascade_policy(cut))
 
 
 def run(gw: Gateway, max_tokens: int = 16) -> list[GatewayEvent]:
@@ -114,6 +121,45 @@ def test_failed_escalation_falls_back_to_a_fresh_local_answer() -> None:
     assert routes(events) == [("cloud", "cascade_low_confidence"), ("local", "cloud_failed")]
     assert text(events) == "".join(TOKENS)  # nothing of the dropped start is repeated
     assert engine.calls[-1][2] == ""
+
+
+def hedged(logprobs: list[float]) -> tuple[Gateway, list[int]]:
+    engine = FakeEngine(TOKENS)
+    engine.logprobs = logprobs
+    engine.delay_s = 0.01  # let the early cloud call run while the local model goes on
+    calls: list[int] = []
+    # cut 0.6, band 0.05: half-way (2 of 4 tokens), a score above 0.55 starts the cloud.
+    gw = gateway(engine, policy=cascade_policy(0.6, tokens=4, hedge=0.05), cloud_calls=calls)
+    return gw, calls
+
+
+def test_hedged_cascade_starts_the_cloud_early_and_uses_it() -> None:
+    gw, calls = hedged([-0.5] * 6)  # sigmoid(0.5) = 0.62: borderline, then escalates
+    events = run(gw)
+    assert routes(events) == [("cloud", "cascade_low_confidence")]
+    assert text(events) == "Hi from cloud"
+    assert calls and calls[0] < 4  # the cloud was asked before the local check
+    assert len(calls) == 1  # and only once
+    metrics = gw.metrics.render().decode()
+    assert 'tandem_cascade_hedges_total{outcome="used"} 1.0' in metrics
+
+
+def test_hedged_cascade_cancels_the_cloud_when_the_local_answer_holds() -> None:
+    gw, calls = hedged([-0.5, -0.5, -0.01, -0.01, -0.01, -0.01])  # 0.563 at the check
+    events = run(gw)
+    assert routes(events) == [("local", "cascade_confident")]
+    assert len(calls) == 1  # the early call was made, then dropped
+    assert text(events) == "".join(TOKENS)
+    metrics = gw.metrics.render().decode()
+    assert 'tandem_cascade_hedges_total{outcome="cancelled"} 1.0' in metrics
+    assert 'tandem_cascade_hedges_total{outcome="used"}' not in metrics
+
+
+def test_confident_start_does_not_hedge() -> None:
+    gw, calls = hedged([-0.01] * 6)  # 0.5025: below the band
+    events = run(gw)
+    assert routes(events) == [("local", "cascade_confident")]
+    assert calls == []
 
 
 @pytest.fixture
