@@ -541,8 +541,9 @@ class Gateway:
             log.exception("could not write the audit record of a cloud call")
 
     def forget(self, session_id: str) -> None:
-        """Drop any state the tiers hold for a session (the local KV cache)."""
+        """Drop any state held for a session (the local KV cache, its last tier)."""
         self.local.forget(session_id)
+        self._last_tier.pop(session_id, None)
 
 
 class _Hedge:
