@@ -350,6 +350,7 @@ class Gateway:
         """
         prompt = last_user_text(turn.messages)
         confidence = RunningConfidence(prompt)
+        about_prompt = decision.prompt_features or prompt_features(prompt)
         held: list[StreamEvent] = []
         local = self.local.stream(messages, turn.params, "", turn.session_id)
         assert isinstance(local, AsyncGenerator)
@@ -368,7 +369,7 @@ class Gateway:
                     if len(confidence) >= decision.cascade_tokens:
                         break
                     if band > 0 and len(confidence) == hedge_at:
-                        hedge = self._maybe_hedge(turn, decision, confidence, prompt, band)
+                        hedge = self._maybe_hedge(turn, decision, confidence, about_prompt, band)
             except (OverloadedError, ModelLoadError):
                 if held:
                     raise
@@ -376,7 +377,7 @@ class Gateway:
                     yield escalated
                 return
             checked = time.perf_counter()
-            features = {**confidence.features(), **prompt_features(prompt)}
+            features = {**confidence.features(), **about_prompt}
             escalate, score = self.policy.cascade_check(decision, features)
             scores = {**decision.scores, "cascade": round(score, 4)}
             shield = None
@@ -419,9 +420,9 @@ class Gateway:
             yield event
 
     def _maybe_hedge(self, turn: Turn, decision: RouteDecision, confidence: RunningConfidence,
-                     prompt: str, band: float) -> _Hedge | None:
+                     about_prompt: Mapping[str, float], band: float) -> _Hedge | None:
         """Start the cloud early when the confidence so far is within ``band`` of escalating."""
-        features = {**confidence.features(), **prompt_features(prompt)}
+        features = {**confidence.features(), **about_prompt}
         borderline, _ = self.policy.cascade_check(decision, features, margin=band)
         if not borderline:
             return None

@@ -65,6 +65,7 @@ class RouteDecision:
     scores: dict[str, float] = field(default_factory=dict)
     cascade_tokens: int = 0
     threshold_shift: float = 0.0  # device bias and hysteresis, applied to later checks too
+    prompt_features: Mapping[str, float] = field(default_factory=dict)  # when computed
 
 
 @dataclass(frozen=True)
@@ -186,9 +187,11 @@ class RoutingPolicy:
             return RouteDecision(Action.LOCAL, "default_local")
         # 2. the prompt router
         scores: dict[str, float] = {}
+        features: dict[str, float] = {}
         if cfg.mode in ("prompt", "combined"):
             assert cfg.prompt is not None
-            score = cfg.prompt.router.score(prompt_features(ctx.prompt))
+            features = prompt_features(ctx.prompt)
+            score = cfg.prompt.router.score(features)
             scores["prompt"] = round(score, 4)
             if score + shift > cfg.prompt.threshold:
                 reason = "prompt_router" if pressure is None else f"prompt_router_{pressure}"
@@ -197,7 +200,8 @@ class RoutingPolicy:
                 return RouteDecision(Action.LOCAL, "prompt_router_local", scores,
                                      threshold_shift=shift)
         # 3. the cascade
-        return RouteDecision(Action.CASCADE, "cascade", scores, cfg.cascade_tokens, shift)
+        return RouteDecision(Action.CASCADE, "cascade", scores, cfg.cascade_tokens, shift,
+                             features)
 
     def _shift(self, pressure: str | None, previous_tier: str | None) -> float:
         shift = self.config.device_bias if pressure is not None else 0.0
