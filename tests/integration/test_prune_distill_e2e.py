@@ -3,7 +3,7 @@
 The PyTorch forward pass agrees with llama.cpp's logits (unpruned and after hidden-channel
 surgery, which needs the explicit head width in the metadata); pruned files load in llama.cpp
 and generate text; a short distillation run lowers the KL divergence to the teacher, resumes
-from its checkpoint, and exports a GGUF llama.cpp serves.
+from its checkpoint, and exports a GGUF that llama.cpp loads and the gateway serves.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -23,6 +24,7 @@ from tandem.optimize.gguf_io import dequantize, summarize
 from tandem.optimize.prune import PruneSpec, prune
 from tandem.optimize.scoring import Scorer
 from tandem.optimize.torch_llama import load_model
+from tests.integration.gateway_proc import gateway_process
 
 FIXTURES = Path(__file__).parents[1] / "data" / "optimize"
 TEXT = (FIXTURES / "text.raw").read_text()
@@ -105,6 +107,16 @@ def test_distillation_heals_resumes_and_exports(ref: Path, tmp_path: Path) -> No
     assert scorer.n_vocab == 49152
     scorer.close()
     json.dumps(result)  # the report is JSON
+    # The gateway serves the healed file as its local model (chat template carried over).
+    with gateway_process(None, TANDEM_LOCAL_MODEL=str(tmp_path / "healed.gguf")) as url:
+        health = httpx.get(url.removesuffix("/v1") + "/healthz").json()
+        assert health["local"]["model"] == "healed"
+        reply = httpx.post(f"{url}/chat/completions", timeout=60, json={
+            "model": "tandem", "max_tokens": 8, "temperature": 0.0,
+            "messages": [{"role": "user", "content": "Name a river."}]})
+    assert reply.status_code == 200, reply.text
+    assert reply.headers["x-tandem-route"] == "local"
+    assert reply.json()["usage"]["completion_tokens"] > 0
 
 
 def test_task_distillation_learns_the_teachers_answers(tmp_path: Path) -> None:
