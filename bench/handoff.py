@@ -26,8 +26,9 @@ from typing import Any
 from rich.console import Console
 
 from tandem.events import Finish, GenerationParams, TokenEvent
-from tandem.gateway import Gateway, RouteInfo, RoutePreference, Turn
+from tandem.gateway import Gateway
 from tandem.settings import Settings
+from tandem.turn import RouteInfo, RoutePreference, Turn
 
 MT_BENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "mt_bench_questions.jsonl"
 FOLLOW_UPS = [

@@ -20,12 +20,13 @@ from typing import Any
 from rich.console import Console
 
 from tandem.events import GenerationParams, TokenEvent
-from tandem.gateway import Gateway, Turn, last_user_text
+from tandem.gateway import Gateway
 from tandem.local.chat import Message
 from tandem.metrics import GatewayMetrics
 from tandem.routing.policy import Action, RouteDecision, RoutingConfig, RoutingPolicy
 from tandem.routing.signals import RunningConfidence, prompt_features
 from tandem.settings import Settings
+from tandem.turn import Turn, last_user_text
 
 ROOT = Path(__file__).resolve().parents[1]
 MT_BENCH = ROOT.parent / "shared" / "data" / "mt_bench_questions.jsonl"

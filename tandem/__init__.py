@@ -2,8 +2,9 @@
 
 from tandem.errors import TandemError
 from tandem.events import Finish, GenerationParams, TokenEvent
-from tandem.gateway import Gateway, RouteInfo, Turn
+from tandem.gateway import Gateway
 from tandem.settings import Settings
+from tandem.turn import RouteInfo, Turn
 
 __all__ = [
     "Finish",

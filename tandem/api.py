@@ -9,9 +9,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tandem.events import Finish, GenerationParams, TokenEvent
-from tandem.gateway import RouteInfo, RoutePreference, Turn
 from tandem.local.chat import Message
 from tandem.privacy.policy import PrivacyMode
+from tandem.turn import RouteInfo, RoutePreference, Turn
 
 Role = Literal["system", "developer", "user", "assistant"]
 

@@ -15,10 +15,10 @@ from tandem.api import ChatCompletionRequest
 from tandem.assembly import attach_store, build_gateway, build_store
 from tandem.errors import TandemError
 from tandem.events import Finish, TokenEvent
-from tandem.gateway import RouteInfo
 from tandem.sessions.service import SessionService
 from tandem.sessions.store import check_session_id
 from tandem.settings import Settings
+from tandem.turn import RouteInfo
 
 SHOWN_ON_RESUME = 6  # messages of a resumed session shown before the prompt
 

@@ -28,10 +28,11 @@ from tandem.errors import (
     TandemError,
 )
 from tandem.events import Finish, TokenEvent
-from tandem.gateway import Gateway, GatewayEvent, RouteInfo
+from tandem.gateway import Gateway
 from tandem.sessions.service import SessionService
 from tandem.sessions.store import check_session_id
 from tandem.settings import Settings
+from tandem.turn import GatewayEvent, RouteInfo
 
 log = logging.getLogger("tandem.server")
 

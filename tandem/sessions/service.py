@@ -15,11 +15,12 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 
 from tandem.events import Finish, TokenEvent
-from tandem.gateway import Gateway, GatewayEvent, RouteInfo, Turn
+from tandem.gateway import Gateway
 from tandem.local.chat import Message
 from tandem.privacy.policy import PrivacyMode, strictest
 from tandem.privacy.redact import Placeholders
 from tandem.sessions.store import Answer, SessionStore, SessionStoreError, Status
+from tandem.turn import GatewayEvent, RouteInfo, Turn
 
 log = logging.getLogger("tandem.sessions")
 

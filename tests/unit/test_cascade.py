@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from tandem.cloud.client import CloudClient
 from tandem.events import Finish, GenerationParams, TokenEvent
-from tandem.gateway import Gateway, GatewayEvent, RouteInfo, Turn
+from tandem.gateway import Gateway
 from tandem.local.chat import Message
 from tandem.metrics import GatewayMetrics
 from tandem.privacy.policy import CloudShield, PrivacyGuard, PrivacyMode
@@ -22,6 +22,7 @@ from tandem.routing.model import LinearRouter
 from tandem.routing.policy import RoutingConfig, RoutingPolicy, ScoredRouter
 from tandem.server import create_app
 from tandem.settings import Settings
+from tandem.turn import GatewayEvent, RouteInfo, Turn
 from tests.unit.fakes import FakeEngine, cloud_transport
 
 USER = [{"role": "user", "content": "Tell me something"}]

@@ -12,9 +12,10 @@ import pytest
 from tandem.cloud.client import CloudClient
 from tandem.errors import ContextLengthError, TierUnavailableError
 from tandem.events import Finish, GenerationParams, TokenEvent
-from tandem.gateway import Gateway, GatewayEvent, RouteInfo, RoutePreference, Turn
+from tandem.gateway import Gateway
 from tandem.metrics import GatewayMetrics
 from tandem.settings import Settings
+from tandem.turn import GatewayEvent, RouteInfo, RoutePreference, Turn
 from tests.unit.fakes import FakeEngine
 
 USER = [{"role": "user", "content": "hi there"}]

@@ -14,12 +14,13 @@ from fastapi.testclient import TestClient
 from tandem.cloud.client import CloudClient
 from tandem.errors import TandemError
 from tandem.events import GenerationParams
-from tandem.gateway import Gateway, RoutePreference, Turn
+from tandem.gateway import Gateway
 from tandem.metrics import GatewayMetrics
 from tandem.server import create_app
 from tandem.sessions.service import SessionService, new_messages
 from tandem.sessions.store import SqliteSessionStore
 from tandem.settings import Settings
+from tandem.turn import RoutePreference, Turn
 from tests.unit.fakes import FakeEngine, RecordingCloud
 
 
