@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import resource
 import signal
+import socket
 import sqlite3
 import threading
 import time
@@ -15,7 +16,6 @@ from typing import Any
 import httpx
 import pytest
 
-from tandem.net import free_port
 from tandem.sessions.store import SqliteSessionStore
 from tests.integration.gateway_proc import gateway_server
 
@@ -28,12 +28,16 @@ def chat(base: str, text: str, session: str | None = None, **body: Any) -> httpx
 
 @pytest.mark.timeout(180)
 def test_offline_from_start_up_serves_locally_with_one_clear_log_line() -> None:
-    dead = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
-    with gateway_server(dead, TANDEM_CLOUD_PROBE_INTERVAL_S="0.3") as server:
-        replies = [chat(server.url, f"Question {i}?") for i in range(3)]
-        forced = chat(server.url, "Cloud please?", tandem={"route": "cloud"})
-        time.sleep(1.5)  # several more probe failures
-        log = server.log.read_text()
+    # A port held bound but never listening refuses connections, and no other process (a
+    # server from another test) can take it while the test runs.
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{holder.getsockname()[1]}/v1"
+        with gateway_server(dead, TANDEM_CLOUD_PROBE_INTERVAL_S="0.3") as server:
+            replies = [chat(server.url, f"Question {i}?") for i in range(3)]
+            forced = chat(server.url, "Cloud please?", tandem={"route": "cloud"})
+            time.sleep(1.5)  # several more probe failures
+            log = server.log.read_text()
     assert [r.status_code for r in replies] == [200, 200, 200]
     assert {r.headers["x-tandem-route"] for r in replies} == {"local"}
     assert forced.status_code == 200 and forced.headers["x-tandem-route"] == "local"
