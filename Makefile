@@ -6,6 +6,20 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0+cpu
 # llama-cpp-python compiles llama.cpp on first install: use every core.
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc)
+# llama.cpp is built for a fixed, documented ISA baseline instead of llama-cpp-python's default
+# -march=native: x86-64-v3 (SSE4.2, AVX, AVX2, FMA, F16C, BMI2), with AVX-512 and AMX off.
+# A native build on a VM whose CPU advertises AMX that the kernel does not enable dies with
+# SIGILL at the first AMX instruction, and pip's wheel cache can carry a native build to a CPU
+# that lacks what it was built for. ggml's runtime dispatch (GGML_BACKEND_DL +
+# GGML_CPU_ALL_VARIANTS) is not used: the pinned bindings never call ggml_backend_load_all, and
+# ggml scores the variants by CPUID bits alone, so it would pick the AMX variant on exactly the
+# machines that crash. Decode speed against a native build: docs/deployment.md.
+# It is always compiled here (--no-cache-dir): no wheel built elsewhere, natively, is reused.
+# The multimodal library (mtmd) is not built: the gateway serves text models only.
+LLAMA_CPP_VERSION := $(shell sed -n 's/.*"llama-cpp-python\[server\]==\([0-9.]*\)".*/\1/p' pyproject.toml)
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_SSE42=ON -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON \
+	-DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX_VNNI=OFF -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF \
+	-DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DLLAVA_BUILD=OFF
 
 .PHONY: install run test lint unit integration bench clean
 
@@ -15,6 +29,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet '$(TORCH_SPEC)'
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip install --quiet --no-cache-dir \
+		--no-binary llama-cpp-python 'llama-cpp-python[server]==$(LLAMA_CPP_VERSION)'
 	$(BIN)/python -m pip install --quiet -e '.[dev,optimize]'
 	touch $@
 

@@ -132,7 +132,7 @@ def _bare_stream(settings: Settings, model: Path) -> tuple[Stream, int]:
         n_threads=settings.n_threads or os.cpu_count(),
         verbose=False,
     )
-    renderer = PromptRenderer.for_model(llm, None)
+    renderer = PromptRenderer.for_model(llm._model, None)
 
     def tokens(messages: list[dict[str, str]]) -> list[int]:
         p = renderer.render(messages)

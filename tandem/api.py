@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from tandem.events import Finish, GenerationParams, TokenEvent
 from tandem.local.chat import Message
@@ -15,14 +17,195 @@ from tandem.turn import RouteInfo, RoutePreference, Turn
 
 Role = Literal["system", "developer", "user", "assistant"]
 
+# -- what the gateway accepts -----------------------------------------------------------------
+#
+# Each top-level field of OpenAI's chat-completions request is in one of three groups:
+#   * honoured: declared on ChatCompletionRequest below;
+#   * accepted and ignored: metadata that changes nothing about the answer (IGNORED_FIELDS);
+#   * not supported (UNSUPPORTED_FIELDS): the neutral value (the one that asks for nothing the
+#     gateway does not do, and null) is accepted; anything else is refused with a 400
+#     ``unsupported_parameter`` naming the field.
+# Any other field is not an OpenAI field: a 400 ``unknown_parameter``. Message-level fields
+# follow the same rule (MESSAGE_FIELDS); content parts other than text are refused.
+# The checks run on the raw JSON object, before field validation, and come out of validation
+# as PydanticCustomErrors whose type is the error code and whose ctx carries the ``param``
+# (see ``tandem.server._invalid``, the one place they become HTTP errors).
+
+UNSUPPORTED = "unsupported_parameter"
+UNKNOWN = "unknown_parameter"
+
+IGNORED_FIELDS = frozenset({"user", "metadata", "store", "safety_identifier", "prompt_cache_key"})
+
+
+def _zero(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value == 0
+
+
+def _same(expected: Any) -> Callable[[Any], bool]:
+    """Equal to ``expected`` and of its JSON type (``true`` is not ``1``, ``[]`` not ``{}``)."""
+    return lambda value: type(value) is type(expected) and value == expected
+
+
+def _never(value: Any) -> bool:
+    return False
+
+
+def _a_bool(value: Any) -> bool:
+    return isinstance(value, bool)
+
+
+# field -> (is the value neutral?, the neutral value as the client would write it, why not)
+UNSUPPORTED_FIELDS: dict[str, tuple[Callable[[Any], bool], str | None, str]] = {
+    "n": (_same(1), "1", "one choice is generated per request"),
+    "frequency_penalty": (_zero, "0", "repetition penalties are not implemented"),
+    "presence_penalty": (_zero, "0", "repetition penalties are not implemented"),
+    "logit_bias": (_same({}), "{}", "token biases are not implemented"),
+    "response_format": (
+        _same({"type": "text"}),
+        '{"type": "text"}',
+        "structured output is not implemented, so the answer would not be constrained to "
+        "JSON (ask for JSON in the prompt instead)",
+    ),
+    "tools": (_same([]), "[]", "tool calling is not implemented"),
+    "tool_choice": (_same("none"), '"none"', "tool calling is not implemented"),
+    # Meaningless without tools, and a request with tools is refused on 'tools'.
+    "parallel_tool_calls": (_a_bool, "true or false", "tool calling is not implemented"),
+    "functions": (_same([]), "[]", "function calling is not implemented"),
+    "function_call": (_same("none"), '"none"', "function calling is not implemented"),
+    "audio": (_never, None, "audio output is not implemented"),
+    "modalities": (_same(["text"]), '["text"]', "only text is generated"),
+    "prediction": (_never, None, "predicted outputs are not implemented"),
+    "reasoning_effort": (_never, None, "the models have no reasoning-effort setting"),
+    "verbosity": (_never, None, "the models have no verbosity setting"),
+    "web_search_options": (_never, None, "web search is not available"),
+    "service_tier": (
+        lambda v: v in ("auto", "default"),
+        '"auto" or "default"',
+        "the gateway has a single service tier",
+    ),
+}
+
+# Message fields other than role and content: accepted only with their neutral value (null, or
+# an empty list), which is what clients send when they replay an earlier assistant message.
+MESSAGE_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "name": (_never, "participant names are not passed to the models"),
+    "tool_calls": (_same([]), "tool calling is not implemented"),
+    "tool_call_id": (_never, "tool calling is not implemented"),
+    "function_call": (_never, "function calling is not implemented"),
+    "audio": (_never, "audio is not implemented"),
+    "refusal": (_never, "refusals are not passed to the models (send the text as content)"),
+    "annotations": (_same([]), "annotations are not passed to the models"),
+}
+
+TOOL_ROLES = frozenset({"tool", "function"})
+
+
+def _refuse(code: str, param: str, message: str) -> PydanticCustomError:
+    # The message goes through ctx: a template would read braces in it as placeholders.
+    return PydanticCustomError(code, "{message}", {"message": message, "param": param})
+
+
+def accepted_fields(data: dict[str, Any]) -> dict[str, Any]:
+    """The request without the fields accepted as no-ops; raises on anything refused."""
+    kept: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in ChatCompletionRequest.model_fields:
+            kept[key] = value
+        elif key in IGNORED_FIELDS:
+            continue
+        elif key in UNSUPPORTED_FIELDS:
+            neutral, written, why = UNSUPPORTED_FIELDS[key]
+            if value is not None and not neutral(value):
+                alternative = f" (or send {written})" if written else ""
+                raise _refuse(
+                    UNSUPPORTED,
+                    key,
+                    f"'{key}' is not supported by this gateway yet: {why}. "
+                    f"Drop it from the request{alternative}.",
+                )
+        else:
+            raise _refuse(
+                UNKNOWN,
+                key,
+                f"Unrecognized request argument supplied: '{key}'. It is not an OpenAI "
+                "chat-completions field; drop it (Tandem's own options go in 'tandem').",
+            )
+    messages = kept.get("messages")
+    if isinstance(messages, list):
+        kept["messages"] = [
+            _accepted_message(i, m) if isinstance(m, dict) else m for i, m in enumerate(messages)
+        ]
+    return kept
+
+
+def _accepted_message(i: int, message: dict[str, Any]) -> dict[str, Any]:
+    where = f"messages.{i}"
+    role = message.get("role")
+    if role in TOOL_ROLES:
+        raise _refuse(
+            UNSUPPORTED,
+            f"{where}.role",
+            f"Message {i} has role '{role}': tool calling is not supported by this gateway "
+            "yet, so tool results cannot be sent. Drop the tool messages (and the tool calls "
+            "they answer).",
+        )
+    kept: dict[str, Any] = {}
+    for key, value in message.items():
+        if key in ("role", "content"):
+            kept[key] = value
+        elif key in MESSAGE_FIELDS:
+            neutral, why = MESSAGE_FIELDS[key]
+            if value is not None and not neutral(value):
+                raise _refuse(
+                    UNSUPPORTED,
+                    f"{where}.{key}",
+                    f"'{key}' in message {i} is not supported by this gateway yet: {why}. "
+                    "Drop it from the message.",
+                )
+        else:
+            raise _refuse(
+                UNKNOWN,
+                f"{where}.{key}",
+                f"Unrecognized field '{key}' in message {i}; drop it (a message has 'role' "
+                "and 'content').",
+            )
+    content = kept.get("content")
+    if isinstance(content, list):
+        for j, part in enumerate(content):
+            if isinstance(part, dict):
+                _check_part(f"{where}.content.{j}", i, part)
+    return kept
+
+
+def _check_part(where: str, i: int, part: dict[str, Any]) -> None:
+    kind = part.get("type")
+    if kind != "text" and isinstance(kind, str):
+        raise _refuse(
+            UNSUPPORTED,
+            f"{where}.type",
+            f"Content part type '{kind}' in message {i} is not supported by this gateway yet: "
+            "the models read text only. Send the content as a string or as parts of type "
+            "'text'.",
+        )
+    for key in part:
+        if key not in ("type", "text"):
+            raise _refuse(
+                UNKNOWN,
+                f"{where}.{key}",
+                f"Unrecognized field '{key}' in a text part of message {i}; drop it (a text "
+                "part has 'type' and 'text').",
+            )
+
 
 class TextPart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     type: Literal["text"]
     text: str
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
 
     role: Role
     content: str | list[TextPart] | None = None
@@ -49,9 +232,10 @@ class StreamOptions(BaseModel):
 
 
 class ChatCompletionRequest(BaseModel):
-    """The subset of OpenAI's request Tandem honours; other known fields are ignored."""
+    """The subset of OpenAI's request Tandem honours. Metadata fields (IGNORED_FIELDS) and
+    unsupported fields sent with their neutral value are dropped; anything else is refused."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
 
     model: str | None = None
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
@@ -65,8 +249,12 @@ class ChatCompletionRequest(BaseModel):
     seed: int | None = None
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
-    n: int = Field(1, ge=1, le=1, description="Only one choice is generated")
     tandem: TandemOptions = Field(default_factory=TandemOptions)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unsupported(cls, data: Any) -> Any:
+        return accepted_fields(data) if isinstance(data, dict) else data
 
     @field_validator("messages")
     @classmethod
@@ -99,6 +287,7 @@ class ChatCompletionRequest(BaseModel):
             stop=stop,
             seed=self.seed,
             top_logprobs=(self.top_logprobs or 0) if self.logprobs else 0,
+            logprobs=self.logprobs,
         )
         return Turn(
             self.messages_for_model(),

@@ -42,6 +42,18 @@ class InvalidRequestError(TandemError):
     code = "invalid_request"
 
 
+class UnsupportedParameterError(InvalidRequestError):
+    """An OpenAI request field (or a value of it) that this gateway does not honour."""
+
+    code = "unsupported_parameter"
+
+
+class UnknownParameterError(InvalidRequestError):
+    """A request field that is not part of the OpenAI chat-completions API at all."""
+
+    code = "unknown_parameter"
+
+
 class ContextLengthError(InvalidRequestError):
     """The prompt does not fit the context window of any tier that may answer it."""
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-FinishReason = Literal["stop", "length"]
+# Why a generation ended: the local tier says "stop" or "length"; a cloud answer keeps the
+# cloud's own string ("content_filter", "tool_calls", ...), passed through unchanged.
+FinishReason = Literal["stop", "length"] | str
 
 
 @dataclass(frozen=True)
@@ -18,6 +20,7 @@ class GenerationParams:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     top_logprobs: int = 0  # alternatives reported per token (0: only the chosen token's)
+    logprobs: bool = False  # the client asked for logprobs (the cloud is asked for them too)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,6 @@ from tandem.errors import (
     CloudError,
     ContextLengthError,
     InvalidRequestError,
-    ModelLoadError,
     OverloadedError,
     TandemError,
     TierUnavailableError,
@@ -47,6 +46,16 @@ from tandem.turn import (
 )
 
 log = logging.getLogger("tandem.gateway")
+
+
+def _local_failure_reason(exc: TandemError) -> str | None:
+    """The route reason when a local failure may go to the cloud; None for a client error
+    (a bad request stays a bad request whichever tier would take it)."""
+    if isinstance(exc, OverloadedError):
+        return "local_overloaded"
+    if isinstance(exc, CloudError) or exc.status_code < 500:
+        return None
+    return "local_failed"
 AuditSink = Callable[[dict[str, Any]], None]
 
 # Characters per token used to estimate a prompt's size when no tokenizer is at hand.
@@ -81,12 +90,11 @@ class Gateway:
     # -- decision --------------------------------------------------------------------------
 
     def decide(self, turn: Turn) -> RouteInfo:
-        """The tier for this turn, before anything is generated."""
-        return self._plan(turn)[0]
+        """The tier for this turn, before anything is generated (blocking: it tokenizes)."""
+        return self._plan(turn, self._prompt_tokens(turn.messages))[0]
 
-    def _plan(self, turn: Turn) -> tuple[RouteInfo, RouteDecision | None]:
-        """The first route, and the policy's decision for an ``auto`` turn."""
-        prompt_tokens = self._prompt_tokens(turn.messages)
+    def _plan(self, turn: Turn, prompt_tokens: int) -> tuple[RouteInfo, RouteDecision | None]:
+        """The first route, and the policy's decision for an ``auto`` turn (no I/O)."""
         fits_local = prompt_tokens < self.local.n_ctx
         fits_cloud = prompt_tokens < self._cloud_n_ctx
         cloud_up = self.cloud is not None and self.cloud.available
@@ -142,6 +150,7 @@ class Gateway:
         return self._local(reason)
 
     def _prompt_tokens(self, messages: Sequence[Message]) -> int:
+        """Blocking (renders the chat template and tokenizes): call it off the event loop."""
         counted = self.local.count_tokens(messages)
         if counted is not None:
             return counted
@@ -176,7 +185,13 @@ class Gateway:
 
     async def stream(self, turn: Turn) -> AsyncIterator[GatewayEvent]:
         """Answer one turn as events; falls back between tiers as the turn allows."""
-        route, decision = self._plan(turn)
+        prompt_tokens = await asyncio.to_thread(self._prompt_tokens, turn.messages)
+        route, decision = self._plan(turn, prompt_tokens)
+        if str(self.local.state) != "ready":
+            # Cold after its keep-alive, or failed with a retry due: load it again now, so the
+            # device is local-first again once the load time has passed (this turn may be
+            # answered by the cloud meanwhile).
+            self.local.wake()
         started = time.perf_counter()
         text: list[str] = []
         waiting_first = True
@@ -204,16 +219,16 @@ class Gateway:
     async def _answer(
         self, turn: Turn, route: RouteInfo, text: list[str], decision: RouteDecision | None = None
     ) -> AsyncIterator[GatewayEvent]:
-        messages, route = self._fit(turn, route)
+        messages, route = await self._fit(turn, route)
         if decision is not None and decision.action == Action.CASCADE:
             async for event in self._cascade(turn, decision, route, messages, text):
                 yield event
             return
         shield = None
         if route.tier == Tier.CLOUD:
-            shield = self._shield(turn, messages)
+            shield = await self._shield(turn, messages)
             if shield is None:  # content the policy keeps on the device
-                messages, route = self._fit(turn, self._local("privacy_keep_local"))
+                messages, route = await self._fit(turn, self._local("privacy_keep_local"))
         yield route
         if shield is None:
             async for event in self._local_or_escalate(turn, messages, text):
@@ -233,7 +248,7 @@ class Gateway:
                 yield event
         except CloudError as exc:
             reason = "cloud_failed" if not text else "cloud_failed_midstream"
-            messages, info = self._fit(turn, self._fallback_local(turn, reason))
+            messages, info = await self._fit(turn, self._fallback_local(turn, reason))
             self.metrics.count_fallback(reason, str(exc.code))
             yield info
             async for event in self._stream_local(turn, messages, text):
@@ -246,18 +261,29 @@ class Gateway:
         try:
             async for event in self._stream_local(turn, messages, text):
                 yield event
-        except (OverloadedError, ModelLoadError) as exc:
-            may_escalate = turn.route == RoutePreference.AUTO and turn.fallback
-            if text or not may_escalate or self.cloud is None or not self.cloud.available:
+        except TandemError as exc:
+            if text:
                 raise
-            reason = "local_overloaded" if isinstance(exc, OverloadedError) else "local_failed"
-            messages, info = self._fit(turn, self._cloud(reason))
-            shield = self._shield(turn, messages)
-            if shield is None:
-                raise
-            yield info
-            async for event in self._stream_cloud(turn, shield, text):
-                yield event
+            async for escalated in self._escalate_local_failure(turn, exc, text):
+                yield escalated
+
+    async def _escalate_local_failure(
+        self, turn: Turn, exc: TandemError, text: list[str]
+    ) -> AsyncIterator[GatewayEvent]:
+        """The cloud answers a turn whose local start failed before any text, when the turn
+        allows it (``auto`` with fallback, a healthy cloud, privacy permitting); else ``exc``."""
+        reason = _local_failure_reason(exc)
+        may_escalate = turn.route == RoutePreference.AUTO and turn.fallback
+        if reason is None or not may_escalate or self.cloud is None or not self.cloud.available:
+            raise exc
+        messages, info = await self._fit(turn, self._cloud(reason))
+        shield = await self._shield(turn, messages)
+        if shield is None:
+            raise exc
+        log.info("local tier failed (%s: %s); the cloud answers", exc.code, exc.message)
+        yield info
+        async for event in self._stream_cloud(turn, shield, text):
+            yield event
 
     async def _cascade(
         self,
@@ -272,7 +298,8 @@ class Gateway:
         The local start is held back until the check, so a client sees one answer from one
         tier (and the route headers name the tier that answers). The check reads the confidence
         statistics of the tokens so far; if the local answer ends sooner, the whole answer is
-        checked.
+        checked. Whatever ends the turn (an answer, an error, a client that goes away), the
+        exit stack stops the local generation and cancels a hedged cloud call still running.
         """
         prompt = last_user_text(turn.messages)
         confidence = RunningConfidence(prompt)
@@ -284,7 +311,8 @@ class Gateway:
         hedge: _Hedge | None = None
         band = self.policy.config.hedge_band
         hedge_at = max(1, decision.cascade_tokens // 2)
-        try:
+        async with contextlib.AsyncExitStack() as cleanup:
+            cleanup.push_async_callback(local.aclose)
             try:
                 async for event in local:
                     held.append(event)
@@ -294,12 +322,16 @@ class Gateway:
                     confidence.add(event.logprob, event.text)
                     if len(confidence) >= decision.cascade_tokens:
                         break
-                    if band > 0 and len(confidence) == hedge_at:
-                        hedge = self._maybe_hedge(turn, decision, confidence, about_prompt, band)
-            except (OverloadedError, ModelLoadError):
+                    if band > 0 and len(confidence) == hedge_at and hedge is None:
+                        hedge = await self._maybe_hedge(
+                            turn, decision, confidence, about_prompt, band
+                        )
+                        if hedge is not None:
+                            cleanup.push_async_callback(hedge.cancel)
+            except TandemError as exc:
                 if held:
                     raise
-                async for escalated in self._local_or_escalate(turn, messages, text):
+                async for escalated in self._escalate_local_failure(turn, exc, text):
                     yield escalated
                 return
             checked = time.perf_counter()
@@ -308,18 +340,17 @@ class Gateway:
             scores = {**decision.scores, "cascade": round(score, 4)}
             shield = None
             if escalate:
-                cloud_messages, cloud_route = self._fit(
+                cloud_messages, cloud_route = await self._fit(
                     turn, self._cloud("cascade_low_confidence")
                 )
-                shield = self._shield(turn, cloud_messages)
+                shield = await self._shield(turn, cloud_messages)
             self.metrics.observe_cascade(
                 "escalated" if shield is not None else "kept", checked, len(confidence)
             )
-            if hedge is not None and shield is None:
-                await hedge.cancel()
-                self.metrics.count_hedge("cancelled")
-                hedge = None
             if shield is None:
+                if hedge is not None:
+                    await hedge.cancel()
+                    self.metrics.count_hedge("cancelled")
                 reason = "privacy_keep_local" if escalate else "cascade_confident"
                 yield replace(route, reason=reason, scores=scores)
                 for event in held:
@@ -332,54 +363,56 @@ class Gateway:
                             text.append(event.text)
                         yield event
                 return
-        except BaseException:
+            await local.aclose()  # the local start is not needed: free the engine now
             if hedge is not None:
-                await hedge.cancel()
-            raise
-        finally:
-            await local.aclose()  # cancels the local generation when it is not needed
-        if hedge is not None:
-            self.metrics.count_hedge("used")
-            scores["hedged"] = 1.0
-        yield replace(cloud_route, scores=scores)
-        async for event in self._cloud_or_fallback(turn, shield, text, hedge):
-            yield event
+                self.metrics.count_hedge("used")
+                scores["hedged"] = 1.0
+            yield replace(cloud_route, scores=scores)
+            async for event in self._cloud_or_fallback(turn, shield, text, hedge):
+                yield event
 
-    def _maybe_hedge(self, turn: Turn, decision: RouteDecision, confidence: RunningConfidence,
-                     about_prompt: Mapping[str, float], band: float) -> _Hedge | None:
+    async def _maybe_hedge(self, turn: Turn, decision: RouteDecision,
+                           confidence: RunningConfidence, about_prompt: Mapping[str, float],
+                           band: float) -> _Hedge | None:
         """Start the cloud early when the confidence so far is within ``band`` of escalating."""
         features = {**confidence.features(), **about_prompt}
         borderline, _ = self.policy.cascade_check(decision, features, margin=band)
         if not borderline:
             return None
-        messages, _ = self._fit(turn, self._cloud("cascade_low_confidence"))
-        shield = self._shield(turn, messages)
+        messages, _ = await self._fit(turn, self._cloud("cascade_low_confidence"))
+        shield = await self._shield(turn, messages)
         if shield is None:
             return None
         self.metrics.count_hedge("started")
         return _Hedge(self._stream_cloud(turn, shield, []))
 
-    def _shield(self, turn: Turn, messages: list[Message]) -> CloudShield | None:
-        """The cloud-bound form of the messages, or None when they must stay local."""
+    async def _shield(self, turn: Turn, messages: list[Message]) -> CloudShield | None:
+        """The cloud-bound form of the messages, or None when they must stay local.
+
+        The scan (Presidio, regexes over the whole conversation) runs on a worker thread."""
         if turn.privacy == PrivacyMode.LOCAL_ONLY:
             return None
         started = time.perf_counter()
         table = turn.placeholders if turn.placeholders is not None else Placeholders()
-        shield = self.privacy.shield(messages, turn.privacy, table)
+        shield = await asyncio.to_thread(self.privacy.shield, messages, turn.privacy, table)
         self.metrics.observe_privacy(
             "keep_local" if shield is None else turn.privacy.value, started
         )
         return shield
 
-    def _fit(self, turn: Turn, route: RouteInfo) -> tuple[list[Message], RouteInfo]:
-        """The messages the route's tier receives: a session's history trimmed to its window."""
+    async def _fit(self, turn: Turn, route: RouteInfo) -> tuple[list[Message], RouteInfo]:
+        """The messages the route's tier receives: a session's history trimmed to its window.
+
+        Trimming renders and tokenizes the history several times: on a worker thread."""
         if turn.context_starts is None:
             return list(turn.messages), route
         window = self.local.n_ctx if route.tier == Tier.LOCAL else self._cloud_n_ctx
         # Leave room for the answer, but never more than a quarter of the window.
         budget = window - min(turn.params.max_tokens, window // 4)
         start = turn.context_starts.get(route.tier.value, 0)
-        fitted = fit_messages(turn.messages, self._prompt_tokens, budget, start)
+        fitted = await asyncio.to_thread(
+            fit_messages, turn.messages, self._prompt_tokens, budget, start
+        )
         if fitted.dropped:
             self.metrics.count_trimmed(route.tier.value, fitted.dropped)
         return fitted.messages, replace(route, start=fitted.start, dropped=fitted.dropped)
@@ -409,12 +442,26 @@ class Gateway:
 
         try:
             async for chunk in self.cloud.stream_chat(cloud_body(turn, shield.messages), record):
+                restored = ""
                 if chunk.text:
-                    pieces += 1
+                    pieces += max(1, len(chunk.logprobs))
                     restored = shield.restore(chunk.text)
                     if restored:
                         text.append(restored)
-                        yield TokenEvent(text=restored)
+                if turn.params.logprobs and chunk.logprobs:
+                    # The cloud's logprobs, one event per token; the chunk's (restored) text
+                    # rides on the first. Their token strings are the cloud's own: under
+                    # redaction they hold the placeholders (<PERSON_1>), not the restored
+                    # values, and may not concatenate to the text the client sees.
+                    for i, lp in enumerate(chunk.logprobs):
+                        yield TokenEvent(
+                            text=restored if i == 0 else "",
+                            logprob=lp.logprob,
+                            token=lp.token,
+                            top_logprobs=lp.top,
+                        )
+                elif restored:
+                    yield TokenEvent(text=restored)
                 prompt_tokens = chunk.prompt_tokens or prompt_tokens
                 completion_tokens = chunk.completion_tokens or completion_tokens
                 finish = chunk.finish_reason or finish
@@ -423,17 +470,23 @@ class Gateway:
             outcome = f"error:{exc.code}"
             raise
         finally:
+            cancelled: asyncio.CancelledError | None = None
             for i, (body, endpoint) in enumerate(sent):  # one per endpoint tried
                 failed_over = i < len(sent) - 1
-                await self._record_cloud_call(
-                    turn, shield, body, endpoint, "failed_over" if failed_over else outcome
-                )
+                try:
+                    await self._record_cloud_call(
+                        turn, shield, body, endpoint, "failed_over" if failed_over else outcome
+                    )
+                except asyncio.CancelledError as exc:  # the row is written: write the rest
+                    cancelled = exc
+            if cancelled is not None:
+                raise cancelled
         tail = shield.flush()
         if tail:
             text.append(tail)
             yield TokenEvent(text=tail)
         yield Finish(
-            reason="length" if finish == "length" else "stop",
+            reason=finish,  # the cloud's own reason ("content_filter", ...), passed through
             prompt_tokens=prompt_tokens,
             # Without usage from the server, count streamed pieces (one token each, typically).
             completion_tokens=completion_tokens if completion_tokens is not None else pieces,
@@ -462,10 +515,25 @@ class Gateway:
             "body_bytes": len(body),
             "outcome": outcome,
         }
-        try:
-            await asyncio.to_thread(self.audit, record)
-        except Exception:
-            log.exception("could not write the audit record of a cloud call")
+        # The row is written in a thread; a cancellation (the client went away) must not
+        # abandon it: wait for the write under a shield, again if the cancellation is
+        # delivered again (anyio repeats it at every await of a cancelled scope; the write
+        # takes milliseconds), then re-raise the cancellation.
+        write = asyncio.ensure_future(asyncio.to_thread(self.audit, record))
+        cancelled: asyncio.CancelledError | None = None
+        while not write.done():
+            try:
+                await asyncio.shield(write)
+            except asyncio.CancelledError as exc:
+                cancelled = exc
+            except Exception:
+                pass  # reported below
+        if not write.cancelled() and write.exception() is not None:
+            log.error(
+                "could not write the audit record of a cloud call", exc_info=write.exception()
+            )
+        if cancelled is not None:
+            raise cancelled
 
     def forget(self, session_id: str) -> None:
         """Drop any state held for a session (the local KV cache, its last tier)."""
@@ -490,14 +558,20 @@ class _Hedge:
         self._events.put_nowait(None)
 
     async def stream(self, text: list[str]) -> AsyncIterator[StreamEvent]:
-        while (item := await self._events.get()) is not None:
-            if isinstance(item, BaseException):
-                raise item
-            if isinstance(item, TokenEvent) and item.text:
-                text.append(item.text)
-            yield item
+        try:
+            while (item := await self._events.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                if isinstance(item, TokenEvent) and item.text:
+                    text.append(item.text)
+                yield item
+        finally:  # a client that goes away mid-answer must not leave the cloud call running
+            await self.cancel()
 
     async def cancel(self) -> None:
+        """Stop the cloud call if it is still running (idempotent)."""
+        if self._task.done():
+            return
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task

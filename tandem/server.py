@@ -262,9 +262,24 @@ def _parse(body: bytes) -> ChatCompletionRequest:
 
 
 def _invalid(errors: Any) -> InvalidRequestError:
+    """The first validation error as an OpenAI-shaped 400. Fields refused by
+    ``tandem.api.accepted_fields`` carry their code as the error type and ``param`` in ctx."""
+    from tandem.api import UNKNOWN, UNSUPPORTED
+    from tandem.errors import UnknownParameterError, UnsupportedParameterError
+
     first = errors[0]
+    kind = first.get("type")
+    ctx = first.get("ctx") or {}
+    if kind == UNSUPPORTED:
+        return UnsupportedParameterError(str(first.get("msg")), param=ctx.get("param"))
+    if kind == UNKNOWN:
+        return UnknownParameterError(str(first.get("msg")), param=ctx.get("param"))
     loc = [str(p) for p in first.get("loc", ()) if p != "body"]
     param = ".".join(loc) or None
+    if kind == "extra_forbidden" and param:  # e.g. a field inside 'tandem'
+        return UnknownParameterError(
+            f"Unrecognized request argument supplied: '{param}'; drop it.", param=param
+        )
     where = f" at '{param}'" if param else ""
     return InvalidRequestError(f"Invalid request{where}: {first.get('msg')}", param=param)
 
@@ -332,6 +347,11 @@ async def _sse(
     except TandemError as exc:  # headers are gone: report in-band, as OpenAI does
         gw.metrics.count_error(str(exc.code))
         yield _data(exc.to_openai())
+    except Exception:  # a bug must not cut the stream bare: the client still gets an end
+        log.exception("unexpected error while streaming a response")
+        err = TandemError("Internal error while streaming; see the server log.")
+        gw.metrics.count_error(str(err.code))
+        yield _data(err.to_openai())
     finally:
         with contextlib.suppress(Exception):
             await events.aclose()  # type: ignore[attr-defined]

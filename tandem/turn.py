@@ -72,7 +72,11 @@ class LocalTier(Protocol):
     @property
     def state(self) -> Any: ...
 
-    def count_tokens(self, messages: Sequence[Message]) -> int | None: ...
+    def count_tokens(self, messages: Sequence[Message]) -> int | None:
+        """Blocking; safe from any thread, whatever the engine is doing."""
+
+    def wake(self) -> None:
+        """Start loading the model if it is not ready (cold, or failed with a retry due)."""
 
     def stream(
         self,
@@ -130,4 +134,8 @@ def cloud_body(turn: Turn, messages: Sequence[Message] | None = None) -> dict[st
         body["stop"] = list(p.stop)
     if p.seed is not None:
         body["seed"] = p.seed
+    if p.logprobs:  # the cloud's logprobs are passed on to the client
+        body["logprobs"] = True
+        if p.top_logprobs:
+            body["top_logprobs"] = p.top_logprobs
     return body

@@ -29,13 +29,14 @@ class PromptRenderer:
         self._formatter = formatter
 
     @classmethod
-    def for_model(cls, llm: Any, chat_format: str | None) -> PromptRenderer:
-        """The renderer for a loaded ``llama_cpp.Llama``: its template, else ``chat_format``."""
+    def for_model(cls, model: Any, chat_format: str | None) -> PromptRenderer:
+        """The renderer for a loaded model (``llama_cpp._internals.LlamaModel``, also the
+        ``_model`` of a ``Llama``): its template, else ``chat_format``."""
         from llama_cpp import llama_chat_format
 
-        template = llm.metadata.get("tokenizer.chat_template")
+        template = model.metadata().get("tokenizer.chat_template")
         if chat_format is None and template:
-            return cls(_jinja_formatter(llm, template))
+            return cls(_jinja_formatter(model, template))
         name = chat_format or ""
         formatter = getattr(llama_chat_format, f"format_{name.replace('-', '_')}", None)
         if formatter is None:
@@ -53,14 +54,14 @@ class PromptRenderer:
         return RenderedPrompt(result.prompt + assistant_prefix, not result.added_special, stops)
 
 
-def _jinja_formatter(llm: Any, template: str) -> Callable[..., Any]:
+def _jinja_formatter(model: Any, template: str) -> Callable[..., Any]:
     from llama_cpp import llama_chat_format
 
     def token_text(token_id: int) -> str:
-        return "" if token_id == -1 else str(llm._model.token_get_text(token_id))
+        return "" if token_id == -1 else str(model.token_get_text(token_id))
 
     return llama_chat_format.Jinja2ChatFormatter(
         template=template,
-        eos_token=token_text(llm.token_eos()),
-        bos_token=token_text(llm.token_bos()),
+        eos_token=token_text(model.token_eos()),
+        bos_token=token_text(model.token_bos()),
     )

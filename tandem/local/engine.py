@@ -1,8 +1,12 @@
 """LocalEngine: one llama.cpp context, owned by one worker thread, streaming tokens with logprobs.
 
 Requests queue for the worker (bounded: a full queue is an ``OverloadedError``, HTTP 503).
-The model loads in the background; after ``keep_alive_s`` idle seconds it is unloaded and the
-next request loads it again. Consecutive prompts reuse the longest common KV-cache prefix
+The model loads in the background; after ``keep_alive_s`` idle seconds it is unloaded (state
+``cold``) until a request or :meth:`LocalEngine.wake` loads it again. A load that fails leaves
+the engine ``failed`` and is retried with exponential backoff; a worker thread that dies fails
+its queued requests at once and is restarted. Token counting and chat-template rendering for the
+gateway use a vocabulary-only copy of the model (``PromptTokenizer``), never the worker's
+context. Consecutive prompts reuse the longest common KV-cache prefix
 (``Llama.generate`` does the matching), so a follow-up turn prefills only its new tokens.
 Requests that name a session switch the context to that session's KV snapshot first
 (``SessionCache``), so interleaved conversations do not re-prefill their histories.
@@ -11,6 +15,8 @@ Requests that name a session switch the context to that session's KV snapshot fi
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import queue
 import threading
@@ -23,13 +29,18 @@ from typing import Any
 
 from tandem.errors import ContextLengthError, ModelLoadError, OverloadedError, TandemError
 from tandem.events import GenerationParams, StreamEvent
-from tandem.local.chat import Message, PromptRenderer, RenderedPrompt
+from tandem.local.chat import Message, PromptRenderer
 from tandem.local.kvstate import SessionCache
 from tandem.local.logits import LogitReader
 from tandem.local.memory import check_budget, ggml_kv_type, needs_flash_attn, plan_memory
+from tandem.local.tokenizer import PromptTokenizer, tokenize
 from tandem.settings import Settings
 
+log = logging.getLogger("tandem.local")
 Sink = Callable[[StreamEvent | BaseException | None], None]
+# Seconds before retrying a failed load: doubles after each failure, up to the cap.
+RETRY_FIRST_S = 1.0
+RETRY_MAX_S = 60.0
 
 
 class EngineState(StrEnum):
@@ -47,6 +58,15 @@ class _Job:
     sink: Sink  # receives events, then an exception or None as the end marker
     session: str | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
+    ended: bool = False  # the sink has received its end marker
+
+    def end(self, error: BaseException | None = None) -> None:
+        if not self.ended:
+            self.ended = True
+            self.sink(error)
+
+
+_WAKE = object()  # a queue item that asks the worker to load the model
 
 
 class LocalEngine:
@@ -57,7 +77,8 @@ class LocalEngine:
         self.model_name = model_path.stem
         self._settings = settings
         self._chat_format = chat_format or settings.local_chat_format
-        self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=settings.queue_size)
+        # Jobs, _WAKE, or None (stop). Bounded for jobs; _WAKE never blocks (see wake()).
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=settings.queue_size)
         self._thread: threading.Thread | None = None
         self._llm: Any = None
         self._renderer: PromptRenderer | None = None
@@ -67,6 +88,12 @@ class LocalEngine:
         self.last_error: str | None = None
         self.busy = False
         self.sessions = SessionCache(int(settings.session_state_mib * 2**20))
+        self.tokenizer = PromptTokenizer(model_path, self._chat_format)
+        self._lock = threading.Lock()  # guards state transitions made from several threads
+        self._retry_s = RETRY_FIRST_S
+        self._retry_at: float | None = None  # when a failed engine tries to load again
+        self._current: _Job | None = None  # the job the worker is serving
+        self._stopping = False
 
     @property
     def n_ctx(self) -> int:
@@ -80,17 +107,51 @@ class LocalEngine:
 
     def start(self) -> None:
         """Start the worker; the model loads in the background (state ``loading``)."""
-        if self._thread is None:
+        with self._lock:
+            if self._thread is None:
+                self._stopping = False
+                self.state = EngineState.LOADING
+                self._start_worker(delay_s=0.0)
+
+    def _start_worker(self, delay_s: float) -> None:
+        self._thread = threading.Thread(
+            target=self._run, args=(delay_s,), name="tandem-local", daemon=True
+        )
+        self._thread.start()
+
+    def wake(self) -> None:
+        """Load the model now if it is cold (unloaded after its keep-alive), or if it failed and
+        its retry is due. Cheap and idempotent: the gateway calls it whenever it finds the
+        engine not ready, so an ``auto`` request answered by the cloud meanwhile brings the
+        device back to local-first."""
+        with self._lock:
+            if self._thread is None:
+                if self._stopping:
+                    return
+                self.state = EngineState.LOADING
+                self._start_worker(delay_s=0.0)
+                return
+            due = self.state == EngineState.COLD or (
+                self.state == EngineState.FAILED
+                and self._retry_at is not None
+                and time.monotonic() >= self._retry_at
+            )
+            if not due:
+                return
             self.state = EngineState.LOADING
-            self._thread = threading.Thread(target=self._run, name="tandem-local", daemon=True)
-            self._thread.start()
+        # A full queue holds jobs, and the worker loads for the first of them anyway.
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(_WAKE)
 
     def close(self, timeout_s: float = 10.0) -> None:
-        if self._thread is not None:
+        with self._lock:
+            self._stopping = True
+            thread, self._thread = self._thread, None
+        if thread is not None:
             self._queue.put(None)
-            self._thread.join(timeout_s)
-            self._thread = None
+            thread.join(timeout_s)
         self._unload()
+        self.tokenizer.close()
 
     def wait_ready(self, timeout_s: float = 60.0) -> EngineState:
         """Block until the model has loaded or failed (for CLIs and tests)."""
@@ -107,16 +168,24 @@ class LocalEngine:
             "n_ctx": self.n_ctx,
             "queue_depth": self.queue_depth,
             "last_error": self.last_error,
+            "retry_in_s": self.retry_in_s(),
         }
+
+    def retry_in_s(self) -> float | None:
+        """Seconds until a failed engine tries to load again (None unless failed)."""
+        if self.state != EngineState.FAILED or self._retry_at is None:
+            return None
+        return round(max(0.0, self._retry_at - time.monotonic()), 1)
 
     # -- requests --------------------------------------------------------------------------
 
     def count_tokens(self, messages: Sequence[Message]) -> int | None:
-        """Prompt length in tokens, or None while the model is not loaded."""
-        llm, renderer = self._llm, self._renderer
-        if llm is None or renderer is None:
+        """Prompt length in tokens (None if the vocabulary cannot be read). Blocking, safe from
+        any thread and in any engine state: it never touches the worker's context."""
+        try:
+            return self.tokenizer.count(messages)
+        except ModelLoadError:
             return None
-        return len(_tokenize(llm, renderer.render(messages)))
 
     def forget(self, session: str) -> None:
         """Drop the session's KV snapshot (and clear the live cache if it holds it)."""
@@ -132,7 +201,11 @@ class LocalEngine:
     ) -> threading.Event:
         """Queue a generation; events go to ``sink``. Returns the job's cancel flag."""
         if self.state == EngineState.FAILED:
-            raise ModelLoadError(f"The local model failed to load: {self.last_error}")
+            self.wake()  # a retry that is due starts now; this request does not wait for it
+            raise ModelLoadError(
+                f"The local model is unavailable: {self.last_error} (next load attempt in "
+                f"{self.retry_in_s() or 0:.0f} s)."
+            )
         if self._thread is None:
             self.start()
         job = _Job(messages, params, assistant_prefix, sink, session)
@@ -188,38 +261,111 @@ class LocalEngine:
 
     # -- worker thread ---------------------------------------------------------------------
 
-    def _run(self) -> None:
-        self._load()
-        while True:
-            timeout = self._settings.keep_alive_s if self._llm is not None else None
-            try:
-                job = self._queue.get(timeout=timeout)
-            except queue.Empty:
-                self._unload()
-                continue
-            if job is None:
+    def _run(self, delay_s: float) -> None:
+        try:
+            if delay_s > 0 and self._wait_for_stop(delay_s):
                 return
-            self._serve(job)
+            self._load()
+            while True:
+                try:
+                    job = self._queue.get(timeout=self._idle_timeout())
+                except queue.Empty:
+                    if self._llm is not None:
+                        self._unload()  # keep-alive expired
+                    elif self.state == EngineState.FAILED:
+                        self._load()  # the retry is due
+                    continue
+                if job is None:
+                    return
+                if job is _WAKE:
+                    if self._llm is None:
+                        self._load()
+                    continue
+                self._serve(job)
+        except BaseException as exc:
+            self._worker_died(exc)
+
+    def _idle_timeout(self) -> float | None:
+        if self._llm is not None:
+            return self._settings.keep_alive_s
+        if self.state == EngineState.FAILED and self._retry_at is not None:
+            return max(0.0, self._retry_at - time.monotonic())
+        return None  # cold: wait for a request or a wake-up
+
+    def _wait_for_stop(self, seconds: float) -> bool:
+        """Sleep ``seconds`` (a restart's backoff) unless a stop arrives; True if it did."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                item = self._queue.get(timeout=left)
+            except queue.Empty:
+                return False
+            if item is None:
+                return True
+            if isinstance(item, _Job):
+                item.end(self._unavailable())
+        return False
+
+    def _worker_died(self, exc: BaseException) -> None:
+        """Fail the current and every queued request at once, then restart the worker."""
+        log.error(
+            "The local engine's worker died (%s: %s); its requests fail, restarting it in %.0f s.",
+            type(exc).__name__, exc, self._retry_s,
+        )
+        with contextlib.suppress(Exception):
+            self._unload()
+        self._llm = self._renderer = self._logits = None
+        self.last_error = f"the worker thread died ({type(exc).__name__}: {exc})"
+        error = self._unavailable()
+        if self._current is not None:
+            self._current.end(error)
+        self._current = None
+        self.busy = False
+        with self._lock:
+            self._mark_failed()
+            while True:  # a stop (None) in the queue means close() is under way: _stopping
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if isinstance(item, _Job):
+                    item.end(error)
+            if not self._stopping:
+                self._start_worker(delay_s=self._retry_at_delay())
+
+    def _retry_at_delay(self) -> float:
+        return 0.0 if self._retry_at is None else max(0.0, self._retry_at - time.monotonic())
+
+    def _mark_failed(self) -> None:
+        self.state = EngineState.FAILED
+        self._retry_at = time.monotonic() + self._retry_s
+        self._retry_s = min(self._retry_s * 2, RETRY_MAX_S)
+
+    def _unavailable(self) -> ModelLoadError:
+        return ModelLoadError(f"The local model is unavailable: {self.last_error}")
 
     def _serve(self, job: _Job) -> None:
         if job.cancelled.is_set():
-            job.sink(None)
+            job.end()
             return
         if self._llm is None:
             self._load()
             if self._llm is None:
-                job.sink(ModelLoadError(f"The local model failed to load: {self.last_error}"))
+                job.end(self._unavailable())
                 return
         self.busy = True
+        self._current = job
         try:
             self._generate(job)
-            job.sink(None)
+            job.end()
         except TandemError as exc:
-            job.sink(exc)
+            job.end(exc)
         except Exception as exc:  # a llama.cpp failure must not kill the worker
-            job.sink(TandemError(f"Local generation failed: {exc}"))
-        finally:
-            self.busy = False
+            job.end(TandemError(f"Local generation failed: {exc}"))
+        # Not in a ``finally``: what escapes (the worker dies) leaves ``_current`` for
+        # _worker_died to fail.
+        self.busy = False
+        self._current = None
 
     def _load(self) -> None:
         from llama_cpp import Llama
@@ -243,16 +389,28 @@ class LocalEngine:
                 use_mmap=True,
                 verbose=False,
             )
-            self._renderer = PromptRenderer.for_model(llm, self._chat_format)
+            self._renderer = PromptRenderer.for_model(llm._model, self._chat_format)
             self._logits = LogitReader(llm)
             self._llm = llm
             self._warm_up()
         except Exception as exc:
             self._llm = None
-            self.state = EngineState.FAILED
+            first = self.last_error != str(exc)
             self.last_error = str(exc)
+            with self._lock:
+                self._mark_failed()
+            # One line when the model goes down; repeats of the same failure stay quiet.
+            (log.warning if first else log.debug)(
+                "The local model %s failed to load: %s. Requests go to the cloud where allowed; "
+                "retrying in %.0f s.", self.model_path, exc, self._retry_at_delay(),
+            )
             return
         self.load_time_s = time.perf_counter() - started
+        if self.last_error is not None:
+            log.info("The local model %s loaded again.", self.model_path)
+        self.last_error = None
+        self._retry_s = RETRY_FIRST_S
+        self._retry_at = None
         self.state = EngineState.READY
 
     def _warm_up(self) -> None:
@@ -274,7 +432,7 @@ class LocalEngine:
         assert self._llm is not None and self._renderer is not None and self._logits is not None
         self.sessions.switch(self._llm, job.session)
         prompt = self._renderer.render(job.messages, job.assistant_prefix)
-        tokens = _tokenize(self._llm, prompt)
+        tokens = tokenize(self._llm, prompt)
         if len(tokens) >= self.n_ctx:
             raise ContextLengthError(
                 f"The prompt is {len(tokens)} tokens; the local context window is "
@@ -283,6 +441,3 @@ class LocalEngine:
             )
         run_generation(self._llm, self._logits, tokens, prompt.stops, job)
 
-
-def _tokenize(llm: Any, prompt: RenderedPrompt) -> list[int]:
-    return list(llm.tokenize(prompt.text.encode("utf-8"), add_bos=prompt.add_bos, special=True))

@@ -35,6 +35,7 @@ class FakeEngine:
         self.forgotten: list[str] = []
         self.yielded = 0  # tokens handed out (a cancelled stream stops early)
         self.logprobs: Sequence[float] | None = None  # per token (default: -0.1 * position)
+        self.wakes = 0  # calls to wake()
 
     @property
     def n_ctx(self) -> int:
@@ -70,6 +71,9 @@ class FakeEngine:
 
     def forget(self, session: str) -> None:
         self.forgotten.append(session)
+
+    def wake(self) -> None:
+        self.wakes += 1
 
     def health(self) -> dict[str, Any]:
         return {"state": self.state, "model": self.model_name}

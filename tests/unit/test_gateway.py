@@ -87,3 +87,68 @@ def test_open_breaker_sends_cloud_requests_local_without_waiting() -> None:
     assert (info.tier.value, info.reason) == ("local", "cloud_unavailable")
     collect(gw, turn(RoutePreference.CLOUD))
     assert len(calls) == 3  # the open breaker kept the request off the network
+
+
+def test_cloud_finish_reason_is_kept() -> None:
+    from tests.unit.fakes import sse_body
+
+    def filtered(request: httpx.Request) -> httpx.Response:
+        body = sse_body(["Hi"], finish="content_filter")
+        return httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
+
+    events = collect(make_gateway(FakeEngine(), filtered), turn(RoutePreference.CLOUD))
+    assert isinstance(events[-1], Finish)
+    assert events[-1].reason == "content_filter"
+
+
+def test_audit_row_is_written_when_the_request_is_cancelled_mid_cloud_stream() -> None:
+    """The client goes away mid-answer, and the cancellation is delivered again while the audit
+    row is being written (as anyio's cancel scopes do): the row must still be written before
+    the cancelled task ends."""
+    import asyncio
+    import threading
+
+    first_piece = json.dumps({"choices": [{"index": 0, "delta": {"content": "Hi"}}]})
+
+    async def hanging_body() -> Any:
+        yield f"data: {first_piece}\n\n".encode()
+        await asyncio.sleep(60)  # the cloud never finishes
+
+    def hanging(request: httpx.Request) -> httpx.Response:
+        headers = {"content-type": "text/event-stream"}
+        return httpx.Response(200, content=hanging_body(), headers=headers)
+
+    rows: list[dict[str, Any]] = []
+    writing = threading.Event()
+    release = threading.Event()
+
+    def slow_audit(row: dict[str, Any]) -> None:
+        writing.set()
+        release.wait(5)
+        rows.append(row)
+
+    gw = make_gateway(FakeEngine(), hanging)
+    gw.audit = slow_audit
+
+    async def main() -> None:
+        got_text = asyncio.Event()
+
+        async def consume() -> None:
+            async for event in gw.stream(turn(RoutePreference.CLOUD)):
+                if isinstance(event, TokenEvent) and event.text:
+                    got_text.set()
+
+        task = asyncio.create_task(consume())
+        await asyncio.wait_for(got_text.wait(), 5)
+        task.cancel()  # the client went away
+        assert await asyncio.to_thread(writing.wait, 5)
+        task.cancel()  # delivered again while the row is being written
+        asyncio.get_running_loop().call_later(0.2, release.set)
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert len(rows) == 1, "the cancelled task ended before its audit row was written"
+
+    asyncio.run(main())
+    (row,) = rows
+    assert row["outcome"] not in ("ok", "failed_over")
+    assert row["endpoint"] == "http://cloud.test/v1" and row["body_bytes"] > 0
