@@ -25,6 +25,12 @@ Checks, each with the numbers it used:
   of the last minute is at most 5% above that of the first minute (windows of a third of the
   soak when it is shorter than 3 minutes).
 
+Then the event-loop scenario (``bench/load_loop.py``): 4 clients on sessions with ~2,000-token
+histories, trimmed to the local window every turn; the gateway's p99 event-loop lag (from its
+``tandem_event_loop_lag_seconds`` histogram) and the latency of ``/healthz`` probes every 50 ms
+while the local model generates, beside their targets (``event_loop_lag_p99`` <= 5 ms,
+``healthz_p99_while_generating`` <= 20 ms).
+
 On one machine the stand-in cloud (``llama_cpp.server``) answers one request at a time and shares
 the CPU with the local model, so the cloud figures at many clients measure it as much as Tandem.
 """
@@ -45,6 +51,7 @@ from typing import Any
 import httpx
 from rich.console import Console
 
+from bench.load_loop import loop_checks, loop_conf, measure_event_loop, print_loop
 from bench.load_stats import checks, memory, summary
 from tandem.settings import Settings
 
@@ -66,8 +73,10 @@ MAX_RETRY_WAIT_S = 1.0
 
 def _conf(quick: bool) -> dict[str, Any]:
     if quick:
-        return {"levels": [1, 4, 16], "level_s": 15.0, "max_tokens": 16, "soak_s": None}
-    return {"levels": [1, 4, 16, 64], "level_s": 40.0, "max_tokens": 32, "soak_s": 600.0}
+        conf = {"levels": [1, 4, 16], "level_s": 15.0, "max_tokens": 16, "soak_s": None}
+    else:
+        conf = {"levels": [1, 4, 16, 64], "level_s": 40.0, "max_tokens": 32, "soak_s": 600.0}
+    return {**conf, "event_loop": loop_conf(quick)}
 
 
 # -- the gateway process ------------------------------------------------------------------------
@@ -273,6 +282,9 @@ async def _measure(
                 gw, n, conf["level_s"], conf["max_tokens"], 0.5, mix=CLOUD_ONLY
             )
             cloud_only[n] = summary(level)
+    # Sessions with ~2,000-token histories, trimmed to the local window on every turn: the
+    # gateway's event-loop lag and /healthz latency while the local model generates.
+    event_loop = await measure_event_loop(gw.base, conf["event_loop"], console)
     soak = None
     if soak_s:
         console.print(f"[dim]bench load: soak, 4 clients for {soak_s:.0f} s…[/dim]")
@@ -282,7 +294,7 @@ async def _measure(
             "memory": memory(level["samples"], level["elapsed_s"]),
             "rss_mb": [(round(s["t_s"], 1), s["rss"] / 1e6) for s in level["samples"]],
         }
-    return {"levels": levels, "cloud_only": cloud_only, "soak": soak}
+    return {"levels": levels, "cloud_only": cloud_only, "soak": soak, "event_loop": event_loop}
 
 
 def run_load_bench(
@@ -332,7 +344,11 @@ def _result(
         "levels": {str(n): s for n, s in levels.items()},
         "cloud_only": {str(n): s for n, s in measured["cloud_only"].items()},
         "soak": soak,
-        "checks": checks(levels, measured["cloud_only"], soak, settings.queue_size),
+        "event_loop": measured["event_loop"],
+        "checks": {
+            **checks(levels, measured["cloud_only"], soak, settings.queue_size),
+            **loop_checks(measured["event_loop"]),
+        },
     }
 
 
@@ -375,6 +391,7 @@ def _print(result: dict[str, Any], console: Console) -> None:
     if result["soak"] is not None:
         table.add_row(*_row("soak 4", result["soak"]))
     console.print(table)
+    print_loop(result["event_loop"], console)
     for name, check in result["checks"].items():
         mark = "[green]pass[/green]" if check["passed"] else "[red]FAIL[/red]"
         numbers = {k: v for k, v in check.items() if k != "passed"}

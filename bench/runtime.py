@@ -243,8 +243,10 @@ def _child(mode: str, quick: bool) -> None:
     os._exit(0)  # skip interpreter teardown of llama.cpp threads
 
 
-def _run_child(mode: str, quick: bool) -> dict[str, Any]:
+def _run_child(mode: str, quick: bool, lib_path: Path | None = None) -> dict[str, Any]:
     env = {**os.environ, "TANDEM_BENCH_T0": repr(time.time())}
+    if lib_path is not None:  # llama-cpp-python loads its libraries from here instead
+        env["LLAMA_CPP_LIB_PATH"] = str(lib_path)
     out = subprocess.run(
         [sys.executable, "-m", "bench.runtime", mode, "quick" if quick else "full"],
         check=True,
@@ -321,15 +323,25 @@ def _median_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run_runtime_bench(
-    settings: Settings, quick: bool, out: Path, console: Console
+    settings: Settings, quick: bool, out: Path, console: Console, compare_lib: Path | None = None
 ) -> dict[str, Any]:
-    """Rounds of bare → engine → HTTP, each in a fresh process; medians; ratios to bare."""
+    """Rounds of bare → engine → HTTP, each in a fresh process; medians; ratios to bare.
+
+    ``compare_lib``: a folder with another build of llama.cpp's libraries (say, one built with
+    ``-march=native``); each round also runs bare llama-cpp-python on it (mode ``bare_alt``),
+    and the ratios say how the installed build compares with it, round by round.
+    """
     conf = _conf(quick)
     rounds: dict[str, list[dict[str, Any]]] = {"bare": [], "engine": [], "http": []}
+    if compare_lib is not None:
+        rounds["bare_alt"] = []
     for i in range(conf["rounds"]):
         for mode in ("bare", "engine"):
             console.print(f"[dim]bench runtime: round {i + 1}, {mode}…[/dim]")
             rounds[mode].append(_run_child(mode, quick))
+        if compare_lib is not None:
+            console.print(f"[dim]bench runtime: round {i + 1}, bare on {compare_lib}…[/dim]")
+            rounds["bare_alt"].append(_run_child("bare", quick, compare_lib))
         console.print(f"[dim]bench runtime: round {i + 1}, http…[/dim]")
         rounds["http"].append(_http_round(quick, rounds["bare"][0]["long_prompt_tokens"]))
     modes = {mode: _median_rounds(r) for mode, r in rounds.items()}
@@ -338,6 +350,7 @@ def run_runtime_bench(
         "n_threads": settings.n_threads or os.cpu_count(),
         "quick": quick,
         "config": conf,
+        "compare_lib": None if compare_lib is None else str(compare_lib),
         "modes": modes,
         "ratios": _ratios(rounds),
         "rounds": rounds,
@@ -367,6 +380,15 @@ def _ratios(rounds: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             "ttft_overhead_ms": paired(mode, "ttft_ms", operator.sub),
             "cold_start_vs_bare": paired(mode, "cold_start_s", operator.truediv),
             "peak_rss_vs_bare": paired(mode, "peak_rss_mib", operator.truediv),
+        }
+    if "bare_alt" in rounds:  # the installed build against the other one
+        pairs = list(zip(rounds["bare"], rounds["bare_alt"], strict=True))
+        ratios["installed_vs_compare_lib"] = {
+            "decode": statistics.median(b["decode_tok_s"] / a["decode_tok_s"] for b, a in pairs),
+            "prefill": statistics.median(
+                b["prefill_tok_s"] / a["prefill_tok_s"] for b, a in pairs
+            ),
+            "decode_per_round": [round(b["decode_tok_s"] / a["decode_tok_s"], 4) for b, a in pairs],
         }
     conversation = rounds["engine"][-1]["conversation"]
     ratios["conversation_prefill_over_new"] = conversation["prefill_over_new"]

@@ -10,7 +10,7 @@ from dataclasses import replace
 from typing import Any
 
 from tandem.gateway import Gateway
-from tandem.metrics import GatewayMetrics
+from tandem.metrics import GatewayMetrics, probe_loop_lag
 from tandem.privacy.policy import PrivacyGuard
 from tandem.routing.policy import RoutingConfig, RoutingPolicy
 from tandem.sessions.service import SessionService
@@ -87,18 +87,28 @@ def gateway_lifespan(
         # The privacy detector takes a few seconds to import and build: do it before the
         # first cloud-bound request needs it.
         warm = asyncio.create_task(asyncio.to_thread(gw.privacy.detector.warm))
+        # The device sensors' first reading (and their refresh thread), off the loop, so that
+        # no request's routing decision reads sysfs.
+        device = asyncio.create_task(asyncio.to_thread(gw.device.read))
+        # How late the loop runs timers (tandem_event_loop_lag_seconds): blocking work on it.
+        lag = asyncio.create_task(probe_loop_lag(gw.metrics))
         probes = None
         if gw.cloud is not None and hasattr(gw.cloud, "run_probes"):
             probes = asyncio.create_task(gw.cloud.run_probes(settings.cloud_probe_interval_s))
         try:
             yield
         finally:
-            with contextlib.suppress(Exception):
-                await warm
-            if probes is not None:
-                probes.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await probes
+            for started in (warm, device):
+                with contextlib.suppress(Exception):
+                    await started
+            for task in (lag, probes):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+            close_device = getattr(gw.device, "close", None)
+            if close_device is not None:
+                await asyncio.to_thread(close_device)  # its sensor-refresh thread
             close = getattr(gw.local, "close", None)
             if close is not None:
                 await asyncio.to_thread(close)

@@ -399,12 +399,18 @@ def bench_runtime(
     quick: Annotated[bool, typer.Option(help="Fewer tokens and repeats")] = False,
     as_json: AsJson = False,
     out: BenchOut = None,
+    compare_lib: Annotated[
+        Path | None,
+        typer.Option(help="Also run bare llama-cpp-python on the llama.cpp libraries in this "
+                     "folder (e.g. a -march=native build) and report the paired ratio"),
+    ] = None,
 ) -> None:
     """Bare llama-cpp-python vs LocalEngine vs the HTTP gateway, in one run."""
     from bench.runtime import run_runtime_bench
 
     result = run_runtime_bench(
-        load_settings(), quick=quick, out=out or _results("runtime"), console=console
+        load_settings(), quick=quick, out=out or _results("runtime"), console=console,
+        compare_lib=compare_lib,
     )
     _emit(result, as_json)
 

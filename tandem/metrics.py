@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import time
 from collections.abc import Callable
 
@@ -10,6 +12,25 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from tandem.events import Finish
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+# Event-loop lag: fine at the bottom, where a healthy loop lives (the target is p99 <= 5 ms).
+LOOP_LAG_BUCKETS = (
+    0.0005,
+    0.001,
+    0.002,
+    0.003,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+)
+LOOP_LAG_INTERVAL_S = 0.025
+LOOP_LAG_WINDOW_S = 10.0
 
 
 class GatewayMetrics:
@@ -77,6 +98,20 @@ class GatewayMetrics:
             buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01),
             registry=r,
         )
+        self.loop_lag = Histogram(
+            "tandem_event_loop_lag_seconds",
+            "How late the event loop ran a timer (sleeps of a fixed interval, minus the "
+            "interval): time something else held the loop",
+            buckets=LOOP_LAG_BUCKETS,
+            registry=r,
+        )
+        # (monotonic time, lag) of the last LOOP_LAG_WINDOW_S seconds, for the max gauge.
+        self._recent_lags: collections.deque[tuple[float, float]] = collections.deque()
+        Gauge(
+            "tandem_event_loop_lag_max_seconds",
+            f"Largest event-loop lag of the last {LOOP_LAG_WINDOW_S:.0f} s",
+            registry=r,
+        ).set_function(self.recent_max_loop_lag)
         self.queue_depth = Gauge(
             "tandem_local_queue_depth", "Requests queued or running locally", registry=r
         )
@@ -114,8 +149,30 @@ class GatewayMetrics:
         """A gauge read when scraped (e.g. memory held by another component)."""
         Gauge(name, doc, registry=self.registry).set_function(read)
 
+    def observe_loop_lag(self, lag_s: float, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        self.loop_lag.observe(lag_s)
+        recent = self._recent_lags
+        recent.append((now, lag_s))
+        while recent and recent[0][0] < now - LOOP_LAG_WINDOW_S:
+            recent.popleft()
+
+    def recent_max_loop_lag(self) -> float:
+        cutoff = time.monotonic() - LOOP_LAG_WINDOW_S
+        return max((lag for at, lag in list(self._recent_lags) if at >= cutoff), default=0.0)
+
     def count_error(self, code: str) -> None:
         self.errors.labels(code).inc()
 
     def render(self) -> bytes:
         return bytes(generate_latest(self.registry))
+
+
+async def probe_loop_lag(metrics: GatewayMetrics, interval_s: float = LOOP_LAG_INTERVAL_S) -> None:
+    """Sleep ``interval_s`` over and over, and record how late each wake-up came: the time the
+    loop spent on something else (blocking work, a long callback) when the timer was due.
+    Runs until cancelled (the app's lifespan starts and stops it)."""
+    while True:
+        started = time.perf_counter()
+        await asyncio.sleep(interval_s)
+        metrics.observe_loop_lag(max(0.0, time.perf_counter() - started - interval_s))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -182,8 +183,33 @@ def _offline_tldextract() -> None:
     setattr(tldextract, "extract", tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None))  # noqa: B010
 
 
-@functools.cache
+# The analyzer is built once per process, by whichever thread asks first (the lifespan's
+# warm-up, normally); a request that needs it meanwhile waits for that build instead of starting
+# a second one (``functools.cache`` is no lock: two threads would both build it).
+_ANALYZER: AnalyzerEngine | None = None
+_BUILD_LOCK = threading.Lock()
+# Is ``AnalyzerEngine.analyze`` safe for concurrent calls? Presidio does not say so, and the
+# pieces under it keep mutable state: a PatternRecognizer compiles each pattern lazily and
+# caches it on the shared Pattern (flags first, regex second: not atomic), spaCy's tokenizer
+# fills its cache and the vocabulary's string store with every unseen word, phonenumbers loads
+# region metadata on first use. Unsure, so calls are serialized: the scan is CPU-bound Python,
+# and under the GIL two at once would gain next to nothing anyway.
+_ANALYZE_LOCK = threading.Lock()
+
+
 def _analyzer() -> AnalyzerEngine:
+    """The process's analyzer, built on first use (double-checked under a lock)."""
+    global _ANALYZER
+    analyzer = _ANALYZER
+    if analyzer is None:
+        with _BUILD_LOCK:
+            analyzer = _ANALYZER
+            if analyzer is None:
+                analyzer = _ANALYZER = _build_analyzer()
+    return analyzer
+
+
+def _build_analyzer() -> AnalyzerEngine:
     from tandem.privacy.medical import medical_recognizer
     from tandem.privacy.names import PersonNameRecognizer
 
@@ -226,7 +252,12 @@ def _analyzer() -> AnalyzerEngine:
 
 
 class Detector:
-    """Sensitive spans of the chosen categories, overlaps resolved (longest, then highest)."""
+    """Sensitive spans of the chosen categories, overlaps resolved (longest, then highest).
+
+    Safe to call from several threads at once (the gateway scans off the event loop): the
+    analyzer is built once and its calls are serialized, and the per-text cache is an
+    ``lru_cache`` (thread-safe; two threads missing on one text both scan it, same result).
+    """
 
     def __init__(self, categories: tuple[str, ...] = DEFAULT_CATEGORIES, threshold: float = 0.35):
         unknown = set(categories) - set(CATEGORIES)
@@ -254,12 +285,14 @@ class Detector:
     def _find(self, text: str) -> tuple[Finding, ...]:
         if not text.strip():
             return ()
-        results = _analyzer().analyze(
-            text,
-            language="en",
-            entities=list(self.categories),
-            score_threshold=self.threshold,
-        )
+        analyzer = _analyzer()
+        with _ANALYZE_LOCK:
+            results = analyzer.analyze(
+                text,
+                language="en",
+                entities=list(self.categories),
+                score_threshold=self.threshold,
+            )
         found = [
             Finding(r.entity_type, r.start, r.end, text[r.start : r.end], r.score) for r in results
         ]
@@ -268,13 +301,14 @@ class Detector:
     def timed(self, text: str) -> dict[str, float]:
         """Milliseconds each recognizer takes on ``text`` (for the privacy benchmark)."""
         analyzer = _analyzer()
-        artifacts = analyzer.nlp_engine.process_text(text, "en")
         costs: dict[str, float] = {}
-        recognizers: list[Any] = analyzer.registry.get_recognizers("en", list(self.categories))
-        for recognizer in recognizers:
-            started = time.perf_counter()
-            recognizer.analyze(text, list(self.categories), artifacts)
-            costs[recognizer.name] = (time.perf_counter() - started) * 1000
+        with _ANALYZE_LOCK:
+            artifacts = analyzer.nlp_engine.process_text(text, "en")
+            recognizers: list[Any] = analyzer.registry.get_recognizers("en", list(self.categories))
+            for recognizer in recognizers:
+                started = time.perf_counter()
+                recognizer.analyze(text, list(self.categories), artifacts)
+                costs[recognizer.name] = (time.perf_counter() - started) * 1000
         return costs
 
 

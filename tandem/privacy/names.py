@@ -11,6 +11,7 @@ recognizer interface carries it.
 from __future__ import annotations
 
 import functools
+import threading
 from importlib import resources
 
 import regex
@@ -72,9 +73,26 @@ _NAME_RUN = regex.compile(rf"\b({_CAP})((?:{_SP}{_SURNAME}){{0,2}})")
 _HYPHENATED = regex.compile(r"\p{Lu}\p{Ll}{1,5}-\p{Ll}{2,5}")
 
 
-@functools.cache
+_FIRST_NAMES: frozenset[str] | None = None
+_FIRST_NAMES_LOCK = threading.Lock()
+
+
 def first_names() -> frozenset[str]:
-    """Lower-cased first names from gender-guesser's dictionary, minus common words."""
+    """Lower-cased first names from gender-guesser's dictionary, minus common words.
+
+    Read once per process, whichever thread asks first (the warm-up, or a scan on a worker
+    thread); the other waits for that read rather than doing its own."""
+    global _FIRST_NAMES
+    names = _FIRST_NAMES
+    if names is None:
+        with _FIRST_NAMES_LOCK:
+            names = _FIRST_NAMES
+            if names is None:
+                names = _FIRST_NAMES = _read_first_names()
+    return names
+
+
+def _read_first_names() -> frozenset[str]:
     data = resources.files("gender_guesser") / "data" / "nam_dict.txt"
     names = set()
     with data.open(encoding="utf-8") as f:

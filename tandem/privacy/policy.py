@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -78,7 +79,13 @@ class CloudShield:
 
 
 class PrivacyGuard:
-    """Detection plus the policy's keep-local categories."""
+    """Detection plus the policy's keep-local categories.
+
+    Safe to call from worker threads concurrently (the gateway runs ``shield`` off the event
+    loop): the detector serializes its analyzer calls, and placeholders are taken from a
+    session's table under a lock, so two scans that share a table cannot number one value
+    twice.
+    """
 
     def __init__(
         self,
@@ -89,6 +96,7 @@ class PrivacyGuard:
         self.detector = Detector(tuple(categories), threshold)
         Detector(tuple(keep_local))  # the same check of the names
         self.keep_local = tuple(keep_local)
+        self._tables = threading.Lock()
 
     def assess(self, messages: Sequence[Message]) -> Assessment:
         findings = [self.detector.find(m["content"]) for m in messages]
@@ -107,8 +115,10 @@ class PrivacyGuard:
         if assessment.keep_local:
             return None
         table = table if table is not None else Placeholders()
-        redacted = redact_messages(messages, assessment.findings, table)
-        return CloudShield(redacted.messages, mode, redacted.counts, Restorer(table))
+        with self._tables:
+            redacted = redact_messages(messages, assessment.findings, table)
+            restorer = Restorer(table)
+        return CloudShield(redacted.messages, mode, redacted.counts, restorer)
 
 
 def digest(data: bytes) -> str:

@@ -46,7 +46,7 @@ class SessionService:
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
 
     async def stream(self, session_id: str, turn: Turn) -> AsyncIterator[GatewayEvent]:
-        async with self._session_lock(session_id):
+        async with self._session_lock(session_id) as held:
             context = await asyncio.to_thread(self.store.context, session_id)
             added = new_messages(context.messages, turn.messages)
             privacy = _session_privacy(turn, context.privacy)
@@ -86,10 +86,34 @@ class SessionService:
                     yield event
             finally:
                 if not committed and route is not None and text:
-                    # Blocking on purpose: this also runs when the task is being cancelled.
-                    self._record_interrupted(session_id, added, route, "".join(text), full)
+                    await self._record_interrupted(
+                        held, session_id, added, route, "".join(text), full
+                    )
 
-    def _record_interrupted(
+    async def _record_interrupted(
+        self,
+        held: _SessionLock,
+        session_id: str,
+        added: list[Message],
+        route: RouteInfo,
+        text: str,
+        turn: Turn,
+    ) -> None:
+        """Write the cut-short answer on a worker thread, cancelled or not.
+
+        This runs while the request task is being cancelled (client gone), and a cancel scope
+        can cancel every await that follows (anyio's do). The write is shielded: if the await
+        is cancelled, the thread still finishes the row, the cancellation goes on at once, and
+        the session's lock is kept until the row is written, so the session's next turn sees
+        (and follows) it.
+        """
+        write = asyncio.ensure_future(
+            asyncio.to_thread(self._write_interrupted, session_id, added, route, text, turn)
+        )
+        held.hold_until(write)
+        await asyncio.shield(write)
+
+    def _write_interrupted(
         self, session_id: str, added: list[Message], route: RouteInfo, text: str, turn: Turn
     ) -> None:
         table = turn.placeholders.by_value if turn.placeholders is not None else None
@@ -111,13 +135,18 @@ class SessionService:
 
 
 class _SessionLock:
-    """An asyncio lock per session id, dropped from the table when nobody holds or waits."""
+    """An asyncio lock per session id, dropped from the table when nobody holds or waits.
+
+    ``hold_until(work)`` keeps the lock past the block's end until ``work`` is done (a write
+    that must land before the session's next turn, even when the block ends by cancellation).
+    """
 
     def __init__(self, table: dict[str, tuple[asyncio.Lock, int]], key: str):
         self._table = table
         self._key = key
+        self._pending: asyncio.Future[None] | None = None
 
-    async def __aenter__(self) -> None:
+    async def __aenter__(self) -> _SessionLock:
         lock, users = self._table.get(self._key, (asyncio.Lock(), 0))
         self._table[self._key] = (lock, users + 1)
         try:
@@ -125,8 +154,19 @@ class _SessionLock:
         except BaseException:
             self._release_slot()
             raise
+        return self
 
     async def __aexit__(self, *exc: object) -> None:
+        pending = self._pending
+        if pending is not None and not pending.done():
+            pending.add_done_callback(lambda _: self._release())
+        else:
+            self._release()
+
+    def hold_until(self, work: asyncio.Future[None]) -> None:
+        self._pending = work
+
+    def _release(self) -> None:
         self._table[self._key][0].release()
         self._release_slot()
 
