@@ -124,6 +124,13 @@ class Settings(BaseSettings):
     )
     cloud_connect_timeout_s: float = 3.0
     cloud_read_timeout_s: float = 60.0
+    cloud_first_token_s: float | None = Field(
+        None, gt=0, description="Longest wait for the cloud's first token, connect included "
+        "(None: derived from the measured round trip and the prompt's size)"
+    )
+    cloud_first_token_floor_s: float = Field(
+        2.5, gt=0, description="Least first-token deadline when it is derived"
+    )
     cloud_deadline_s: float = Field(
         300.0, gt=0, description="Longest a whole cloud answer may take"
     )

@@ -4,6 +4,11 @@ Streaming is the primitive: :meth:`CloudClient.chat` collects :meth:`CloudClient
 Every failure (unreachable, timed out, HTTP error, malformed stream) becomes a
 :class:`~tandem.errors.CloudError` whose message says what to check. The API key travels only in
 the ``Authorization`` header: it is scrubbed from every message, log line and repr.
+
+The first token has its own deadline (:meth:`CloudClient.first_token_deadline_s`, seconds, not
+the minute of the read timeout): an endpoint that accepts the request and never answers (a
+half-open link, a captive portal, a dead uplink) costs one short wait, after which its breaker
+stays open until a health probe sees it answer again.
 """
 
 from __future__ import annotations
@@ -12,8 +17,8 @@ import json
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
-from typing import TYPE_CHECKING, Any
+from contextlib import AsyncExitStack, aclosing, asynccontextmanager, contextmanager
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 import httpx
@@ -28,8 +33,17 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 OnSend = Callable[[bytes, str], None]  # (request body, endpoint URL)
+_Chunks = AsyncGenerator[CloudChunk, None]  # what read_chunks returns
 
 RTT_ALPHA = 0.3  # weight of the newest sample in the round-trip-time average
+# The derived first-token deadline (see CloudClient.first_token_deadline_s).
+RTT_MULTIPLE = 8.0  # round trips a healthy endpoint may take before its first token
+PROMPT_BYTES_PER_TOKEN = 4.0  # request-body bytes per prompt token, roughly
+PREFILL_TOKENS_PER_S = 2000.0  # a cautious prefill rate for a cloud server
+# A stream that produced a chunk this recently shows the endpoint is up: no probe is needed.
+STREAM_PROOF_S = 5.0
+
+FIRST_TOKEN_TIMEOUT = "cloud_first_token_timeout"
 
 # Codes of CloudError that blame the request, not the endpoint: they do not trip the breaker.
 _REQUEST_REJECTED = "cloud_rejected_request"
@@ -52,6 +66,8 @@ class CloudClient:
         connect_timeout_s: float = 3.0,
         read_timeout_s: float = 60.0,
         deadline_s: float = 300.0,
+        first_token_s: float | None = None,
+        first_token_floor_s: float = 2.5,
         failure_threshold: int = 3,
         cooldown_s: float = 15.0,
         transport: httpx.AsyncBaseTransport | None = None,
@@ -63,7 +79,13 @@ class CloudClient:
         self._connect_timeout_s = connect_timeout_s
         self._read_timeout_s = read_timeout_s
         self._deadline_s = deadline_s
+        self._first_token_s = first_token_s
+        self._first_token_floor_s = first_token_floor_s
         self._clock = clock
+        self._streams_in_flight = 0
+        self._last_chunk_at: float | None = None  # clock() when any stream last got a chunk
+        # The first-token waits in progress, with their deadlines (seconds).
+        self._first_token_waits: dict[anyio.CancelScope, float] = {}
         self.breaker = CircuitBreaker(failure_threshold, cooldown_s, clock=clock)
         self.healthy: bool | None = None  # None until the first probe or request settles it
         self.rtt_ms: float | None = None
@@ -89,6 +111,8 @@ class CloudClient:
             connect_timeout_s=settings.cloud_connect_timeout_s,
             read_timeout_s=settings.cloud_read_timeout_s,
             deadline_s=settings.cloud_deadline_s,
+            first_token_s=settings.cloud_first_token_s,
+            first_token_floor_s=settings.cloud_first_token_floor_s,
             failure_threshold=settings.cloud_failure_threshold,
             cooldown_s=settings.cloud_cooldown_s,
             transport=transport,
@@ -103,24 +127,90 @@ class CloudClient:
         """Whether a request may be tried now (the breaker is closed, or half-open and free)."""
         return self.breaker.available
 
+    def first_token_deadline_s(self, prompt_bytes: int = 0) -> float:
+        """How long to wait for the first token of a request whose body is ``prompt_bytes``
+        long, connect included: ``cloud_first_token_s`` when set, else
+
+            max(floor, 8 × rtt) + (prompt_bytes / 4) / 2000 tokens per s
+
+        A healthy endpoint starts answering within a few round trips (connect, TLS, the request,
+        its queue): 8 of them leave room for jitter on a slow link, and the floor
+        (``cloud_first_token_floor_s``) covers a near link, where the round trip is tiny but
+        the server still needs time to schedule the request. The second term is the server's
+        prefill of the prompt (about 4 bytes of request per token, 2000 tokens per second, a
+        cautious rate for a GPU server), so that a long prompt is not cut off while it is read.
+        The read timeout (minutes) is for a slow answer, not a silent one: without this, a link
+        that accepts connections and never answers would hold a user for all of it.
+        """
+        if self._first_token_s is not None:
+            return self._first_token_s
+        base = self._first_token_floor_s
+        if self.rtt_ms is not None:
+            base = max(base, RTT_MULTIPLE * self.rtt_ms / 1000.0)
+        return base + prompt_bytes / PROMPT_BYTES_PER_TOKEN / PREFILL_TOKENS_PER_S
+
+    def first_token_deadline_for(self, body: dict[str, Any]) -> float:
+        """:meth:`first_token_deadline_s` for the request :meth:`stream_chat` sends for
+        ``body``."""
+        return self.first_token_deadline_s(len(canonical_json(self._request_body(body))))
+
     # --- chat ------------------------------------------------------------------------------
 
     async def stream_chat(
-        self, body: dict[str, Any], on_send: OnSend | None = None
+        self,
+        body: dict[str, Any],
+        on_send: OnSend | None = None,
+        *,
+        first_token_s: float | None = None,
     ) -> AsyncGenerator[CloudChunk, None]:
         """Stream a chat completion; ``body`` is an OpenAI request (its ``model`` is replaced).
         ``on_send`` receives the exact request body bytes and this endpoint's URL before they
-        are sent.
+        are sent. ``first_token_s`` shortens the first-token deadline (a pool's remaining
+        budget); it never lengthens it.
 
-        Raises CloudError (code ``circuit_open``) at once while the breaker is open, and
-        ``cloud_deadline`` when the whole answer takes longer than ``deadline_s``.
+        Raises CloudError (code ``circuit_open``) at once while the breaker is open,
+        ``cloud_first_token_timeout`` when neither a first token nor the end of the answer
+        arrives within :meth:`first_token_deadline_s` of sending (connect included), and
+        ``cloud_deadline`` when the whole answer takes longer than ``deadline_s``. Nothing is
+        yielded before the first token: chunks that carry no text (the role) wait for it.
+
+        The deadline counts from the endpoint's latest sign of life: while another stream of
+        this client is receiving chunks, a request queued behind it (a single-slot server
+        such as the stand-in answers one at a time) keeps waiting.
         """
         self._admit()
+        content = canonical_json(self._request_body(body))
+        own_s = self.first_token_deadline_for(body)
+        wait_s = own_s if first_token_s is None else min(own_s, first_token_s)
         settled = False
         started = self._clock()
+        self._streams_in_flight += 1
         try:
-            async with self._open_stream(self._request_body(body), on_send) as response:
-                async for chunk in read_chunks(response, self._redact):
+            async with AsyncExitStack() as stack:
+                head: list[CloudChunk] = []
+                with anyio.move_on_after(wait_s) as first_token:
+                    self._first_token_waits[first_token] = wait_s
+                    try:
+                        response = await stack.enter_async_context(
+                            self._open_stream(content, on_send)
+                        )
+                        # Closed with the stream, also when left suspended at the first token.
+                        chunks = await stack.enter_async_context(
+                            aclosing(cast(_Chunks, read_chunks(response, self._redact)))
+                        )
+                        async for chunk in chunks:
+                            self._saw_chunk(first_token)
+                            head.append(chunk)
+                            if _answers(chunk):
+                                break
+                    finally:
+                        del self._first_token_waits[first_token]
+                if first_token.cancelled_caught:
+                    raise self._first_token_error(wait_s, shortened=wait_s < own_s)
+                for chunk in head:
+                    yield chunk
+                async for chunk in chunks:
+                    self._saw_chunk()
                     if self._clock() - started > self._deadline_s:
                         raise self._error(
                             f"The cloud at {self.base_url} did not finish within "
@@ -131,10 +221,13 @@ class CloudClient:
             self._record_success()
             settled = True
         except CloudError as exc:
-            self._record_failure(exc)
+            # A deadline cut short by the caller is no proof that the endpoint is black-holed.
+            until_probe = exc.code == FIRST_TOKEN_TIMEOUT and wait_s >= own_s
+            self._record_failure(exc, until_probe=until_probe)
             settled = True
             raise
         finally:
+            self._streams_in_flight -= 1
             if not settled:  # the caller stopped reading: that says nothing about the endpoint
                 self.breaker.release()
 
@@ -157,6 +250,13 @@ class CloudClient:
 
     def _admit(self) -> None:
         if not self.breaker.try_acquire():
+            if self.breaker.reopens_on == "probe":
+                raise CloudError(
+                    f"The cloud at {self.base_url} is marked unavailable (last: "
+                    f"{self.last_error}); requests go to it again once a health probe sees it "
+                    "answer.",
+                    code="circuit_open",
+                )
             wait_s = self.breaker.seconds_until_retry()
             raise CloudError(
                 f"The cloud at {self.base_url} is marked unavailable after "
@@ -176,11 +276,10 @@ class CloudClient:
 
     @asynccontextmanager
     async def _open_stream(
-        self, body: dict[str, Any], on_send: OnSend | None = None
+        self, content: bytes, on_send: OnSend | None = None
     ) -> AsyncIterator[httpx.Response]:
         url = f"{self.base_url}/chat/completions"
         started = self._clock()
-        content = canonical_json(body)
         if on_send is not None:
             on_send(content, self.base_url)
         with self._mapped_errors():
@@ -202,22 +301,54 @@ class CloudClient:
     async def probe(self) -> bool:
         """GET ``/models``: update ``healthy``, ``rtt_ms`` and the breaker; True if it answered.
 
-        A success closes an open breaker (the endpoint is back); a failure counts against it.
+        A success closes an open breaker (the endpoint is back, whichever mode opened it); a
+        failure counts against it. While a chat stream of this client is producing chunks the
+        probe is skipped (the stream shows the endpoint is up, and a single-slot server answers
+        ``/models`` only between generations): it returns the current health, counting nothing.
+        A probe that fails while a stream got a chunk is not counted either.
         """
+        if self._stream_proves_health():
+            return self.healthy is not False
         started = self._clock()
         try:
-            with self._mapped_errors():
+            read_s = self._probe_read_timeout_s()
+            setting = (
+                "cloud_read_timeout_s"
+                if read_s >= self._read_timeout_s
+                else "cloud_first_token_floor_s"
+            )
+            with self._mapped_errors(read_s, setting):
                 url = f"{self.base_url}/models"
                 timeout = self._probe_timeout()
                 response = await self._http.get(url, headers=self._headers(), timeout=timeout)
                 if response.is_error:
                     raise self._status_error(response)
         except CloudError as exc:
+            last = self._last_chunk_at
+            if last is not None and last >= started:  # a stream answered meanwhile
+                return self.healthy is not False
             self._record_failure(exc)
             return False
         self._record_rtt(self._clock() - started)
-        self._record_success()
+        self._record_success(probe=True)
         return True
+
+    def _saw_chunk(self, waiting: anyio.CancelScope | None = None) -> None:
+        """A stream got a chunk: the endpoint is alive, so the other first-token waits (of
+        requests queued behind this stream) count again from now."""
+        self._last_chunk_at = self._clock()
+        now = anyio.current_time()
+        for scope, wait_s in self._first_token_waits.items():
+            if scope is not waiting:
+                scope.deadline = max(scope.deadline, now + wait_s)
+
+    def _stream_proves_health(self) -> bool:
+        last = self._last_chunk_at
+        return (
+            self._streams_in_flight > 0
+            and last is not None
+            and self._clock() - last < STREAM_PROOF_S
+        )
 
     async def run_probes(self, interval_s: float) -> None:
         """Probe every ``interval_s`` seconds, forever; run it as a background task."""
@@ -226,7 +357,12 @@ class CloudClient:
             await anyio.sleep(interval_s)
 
     def health(self) -> dict[str, Any]:
-        """The state of the cloud tier for ``/healthz`` (never includes the API key)."""
+        """The state of the cloud tier for ``/healthz`` (never includes the API key).
+
+        ``reopens_on`` says what lets requests through an open breaker again (``"probe"`` or
+        ``"cooldown"``; None while closed); ``first_token_deadline_s`` is the first-token
+        deadline now in effect, before the allowance for a request's prompt.
+        """
         return {
             "url": self.base_url,
             "model": self.model,
@@ -234,7 +370,9 @@ class CloudClient:
             "available": self.available,
             "rtt_ms": None if self.rtt_ms is None else round(self.rtt_ms, 2),
             "breaker": self.breaker.state.value,
+            "reopens_on": self.breaker.reopens_on,
             "consecutive_failures": self.breaker.consecutive_failures,
+            "first_token_deadline_s": round(self.first_token_deadline_s(), 3),
             "last_error": self.last_error,
         }
 
@@ -248,10 +386,16 @@ class CloudClient:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
+    def _probe_read_timeout_s(self) -> float:
+        """The first-token deadline (without a prompt), at least the floor, at most the read
+        timeout: an endpoint that cannot list its models in that time could not start an answer
+        in time either. (A single-slot server that answers ``/models`` only between generations
+        is busy with one of ours: :meth:`probe` is skipped or not counted then.)"""
+        wait_s = max(self.first_token_deadline_s(), self._first_token_floor_s)
+        return min(wait_s, self._read_timeout_s)
+
     def _probe_timeout(self) -> httpx.Timeout:
-        # A dead host shows within the connect timeout; reading may wait longer because a
-        # single-slot server (llama_cpp.server) answers /models only between generations.
-        return httpx.Timeout(self._read_timeout_s, connect=self._connect_timeout_s)
+        return httpx.Timeout(self._probe_read_timeout_s(), connect=self._connect_timeout_s)
 
     # --- bookkeeping -----------------------------------------------------------------------
 
@@ -262,13 +406,16 @@ class CloudClient:
         else:
             self.rtt_ms = RTT_ALPHA * sample + (1.0 - RTT_ALPHA) * self.rtt_ms
 
-    def _record_success(self) -> None:
+    def _record_success(self, *, probe: bool = False) -> None:
+        if self.breaker.reopens_on == "probe" and not probe:
+            # A stream begun before the endpoint went silent: only a probe re-opens it.
+            return
         if self.healthy is False:
             logger.info("The cloud at %s answers again.", self.base_url)
         self.healthy = True
         self.breaker.record_success()
 
-    def _record_failure(self, exc: CloudError) -> None:
+    def _record_failure(self, exc: CloudError, *, until_probe: bool = False) -> None:
         if exc.code == _REQUEST_REJECTED:
             # The endpoint answered; only the request was wrong.
             self._record_success()
@@ -280,7 +427,10 @@ class CloudClient:
             logger.debug("Cloud still failing: %s", exc.message)
         self.healthy = False
         self.last_error = exc.message
-        self.breaker.record_failure()
+        if until_probe:
+            self.breaker.trip(until_probe=True)
+        else:
+            self.breaker.record_failure()
 
     # --- errors and secrets ----------------------------------------------------------------
 
@@ -298,9 +448,13 @@ class CloudClient:
         return text
 
     @contextmanager
-    def _mapped_errors(self) -> Iterator[None]:
-        """Turn httpx exceptions into CloudError with a message that says what to check."""
+    def _mapped_errors(
+        self, read_timeout_s: float | None = None, read_setting: str = "cloud_read_timeout_s"
+    ) -> Iterator[None]:
+        """Turn httpx exceptions into CloudError with a message that says what to check
+        (``read_timeout_s`` and ``read_setting``: the read timeout in force and what sets it)."""
         url = self.base_url
+        read_s = self._read_timeout_s if read_timeout_s is None else read_timeout_s
         try:
             yield
         except httpx.ConnectTimeout as exc:
@@ -311,8 +465,8 @@ class CloudClient:
             ) from exc
         except httpx.TimeoutException as exc:
             raise self._error(
-                f"The cloud at {url} sent nothing for {self._read_timeout_s} s: the server may "
-                "be overloaded; raise cloud_read_timeout_s if it is just slow.",
+                f"The cloud at {url} sent nothing for {read_s:g} s: the server may "
+                f"be overloaded; raise {read_setting} if it is just slow.",
                 "cloud_timeout",
             ) from exc
         except httpx.ConnectError as exc:
@@ -343,8 +497,30 @@ class CloudClient:
             hint = "the server is failing; check its logs."
         return self._error(f"{where}: {detail}; {hint}", "cloud_http_error")
 
+    def _first_token_error(self, wait_s: float, *, shortened: bool) -> CloudError:
+        if shortened:
+            setting = "the cloud tier's remaining first-token budget"
+        elif self._first_token_s is not None:
+            setting = "cloud_first_token_s"
+        else:
+            setting = (
+                "derived from the round trip and the prompt's size; set cloud_first_token_s or "
+                "raise cloud_first_token_floor_s if the cloud is just slow to start"
+            )
+        return self._error(
+            f"The cloud at {self.base_url} sent no first token within {wait_s:.3g} s of the "
+            f"request, connect included ({setting}): the link may be half-open or dead, or "
+            "the server stalled.",
+            FIRST_TOKEN_TIMEOUT,
+        )
+
     def _error(self, message: str, code: str) -> CloudError:
         return CloudError(self._redact(message), code=code)
+
+
+def _answers(chunk: CloudChunk) -> bool:
+    """Whether ``chunk`` is the start of the answer (a role-only chunk is not)."""
+    return bool(chunk.text) or chunk.finish_reason is not None or bool(chunk.logprobs)
 
 
 def _first(new: int | None, old: int | None) -> int | None:

@@ -6,6 +6,11 @@ is tried. An endpoint that timed out or refused the connection is tripped at onc
 ``failure_threshold`` failures), so a dead primary costs one timeout, not one per request; its
 health probe closes the breaker again when it answers. A failure after the answer started is
 raised: the gateway continues the same answer locally.
+
+The tier has one first-token budget per request (the longest first-token deadline of the
+endpoints that may be tried): an endpoint that sends no first token in time is tripped until a
+probe sees it answer, and the next one gets what is left of the budget, if anything. So the wait
+for a cloud that is not answering is one deadline, however many endpoints are configured.
 """
 
 from __future__ import annotations
@@ -15,13 +20,17 @@ import contextlib
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
+import anyio
+
 from tandem.cloud.breaker import CircuitBreaker
-from tandem.cloud.client import CloudClient, OnSend
+from tandem.cloud.client import FIRST_TOKEN_TIMEOUT, CloudClient, OnSend
 from tandem.cloud.stream import CloudChunk
 from tandem.errors import CloudError
 
 # Failures that say the endpoint itself is down, not that one request went wrong.
 _ENDPOINT_DOWN = {"cloud_timeout", "cloud_unreachable"}
+# Less first-token budget than this left is not worth another endpoint's request.
+_MIN_ATTEMPT_S = 0.1
 
 
 class CloudPool:
@@ -51,17 +60,42 @@ class CloudPool:
     def _first_available(self) -> CloudClient:
         return next((c for c in self.clients if c.available), self.clients[0])
 
+    def first_token_budget_s(self, body: dict[str, Any] | None = None) -> float:
+        """The tier's first-token budget for ``body`` (None: without a prompt allowance): the
+        longest first-token deadline among the endpoints that may be tried (0 when none may)."""
+        deadlines = [
+            c.first_token_deadline_s() if body is None else c.first_token_deadline_for(body)
+            for c in self.clients
+            if c.available
+        ]
+        return max(deadlines, default=0.0)
+
     async def stream_chat(
         self, body: dict[str, Any], on_send: OnSend | None = None
     ) -> AsyncGenerator[CloudChunk, None]:
+        """The first endpoint's answer that starts; raises CloudError ``cloud_unavailable``
+        when none does. Waiting for first tokens that never came takes one budget in all
+        (:meth:`first_token_budget_s`): each endpoint waits at most what is left of it. Other
+        failures (a refused connection, an HTTP error, the read timeout) do not spend it."""
         failures: list[str] = []
+        budget_s = self.first_token_budget_s(body)
+        spent_s = 0.0  # waited on endpoints that sent no first token
         for client in self.clients:
             if not client.available:
                 failures.append(f"{client.base_url}: circuit open")
                 continue
+            left_s = budget_s - spent_s
+            if left_s < _MIN_ATTEMPT_S:
+                failures.append(
+                    f"{client.base_url}: not tried, the first-token budget of {budget_s:.3g} s "
+                    "is spent"
+                )
+                continue
             started = False
+            tried_at = anyio.current_time()
             try:
-                async with contextlib.aclosing(client.stream_chat(body, on_send)) as chunks:
+                stream = client.stream_chat(body, on_send, first_token_s=left_s)
+                async with contextlib.aclosing(stream) as chunks:
                     async for chunk in chunks:
                         started = True
                         yield chunk
@@ -69,7 +103,10 @@ class CloudPool:
             except CloudError as exc:
                 if started:
                     raise
-                if exc.code in _ENDPOINT_DOWN:
+                if exc.code == FIRST_TOKEN_TIMEOUT:
+                    # The client has tripped itself until a probe, if it had its whole deadline.
+                    spent_s += anyio.current_time() - tried_at
+                elif exc.code in _ENDPOINT_DOWN:
                     client.breaker.trip()
                 failures.append(exc.message)
         raise CloudError(
@@ -89,6 +126,7 @@ class CloudPool:
         return {
             "available": self.available,
             "model": self.model,
+            "first_token_budget_s": round(self.first_token_budget_s(), 3),
             "endpoints": [c.health() for c in self.clients],
         }
 

@@ -100,3 +100,45 @@ def test_rejects_nonsense_parameters() -> None:
         CircuitBreaker(0, 1.0)
     with pytest.raises(ValueError):
         CircuitBreaker(1, -1.0)
+
+
+def test_a_probe_gated_trip_never_half_opens_and_only_a_success_closes_it() -> None:
+    breaker, clock = make(threshold=3, cooldown_s=10.0)
+    breaker.trip(until_probe=True)
+    assert state(breaker) is BreakerState.OPEN
+    assert breaker.reopens_on == "probe"
+    clock.now += 1000.0  # far past the cooldown: still no trial call
+    assert state(breaker) is BreakerState.OPEN
+    assert not breaker.available
+    assert not breaker.try_acquire()
+    assert breaker.seconds_until_retry() == float("inf")
+    breaker.record_failure()  # a failed probe: still waiting for a good one
+    clock.now += 1000.0
+    assert not breaker.available
+    assert breaker.reopens_on == "probe"
+    breaker.record_success()  # the probe saw the endpoint answer
+    assert state(breaker) is BreakerState.CLOSED
+    assert breaker.available
+    assert breaker.reopens_on is None
+    assert breaker.consecutive_failures == 0
+
+
+def test_after_a_probe_gated_trip_closes_other_failures_use_the_cooldown_again() -> None:
+    breaker, clock = make(threshold=1, cooldown_s=10.0)
+    breaker.trip(until_probe=True)
+    breaker.record_success()
+    breaker.record_failure()
+    assert breaker.reopens_on == "cooldown"
+    clock.now += 10.0
+    assert state(breaker) is BreakerState.HALF_OPEN
+    assert breaker.try_acquire()
+
+
+def test_a_plain_trip_still_half_opens_after_the_cooldown() -> None:
+    breaker, clock = make(threshold=3, cooldown_s=10.0)
+    breaker.trip()
+    assert breaker.reopens_on == "cooldown"
+    assert not breaker.available
+    clock.now += 10.0
+    assert state(breaker) is BreakerState.HALF_OPEN
+    assert breaker.available

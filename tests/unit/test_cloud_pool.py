@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -21,10 +22,13 @@ class Endpoint:
 
     def __init__(self, pieces: tuple[str, ...]):
         self.pieces = pieces
-        self.mode = "ok"  # ok | 500 | down | midstream
+        self.mode = "ok"  # ok | 500 | down | midstream | silent
         self.calls = 0
 
-    def __call__(self, request: httpx.Request) -> httpx.Response:
+    def __call__(self, request: httpx.Request) -> httpx.Response | Awaitable[httpx.Response]:
+        if self.mode == "silent" and not request.url.path.endswith("/models"):
+            self.calls += 1
+            return self._never()  # accepts the request, never answers (a half-open link)
         if self.mode == "down":
             raise httpx.ConnectError("refused", request=request)
         if request.url.path.endswith("/models"):
@@ -39,14 +43,25 @@ class Endpoint:
         headers = {"content-type": "text/event-stream"}
         return httpx.Response(200, content=sse_body(self.pieces), headers=headers)
 
+    async def _never(self) -> httpx.Response:
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
 
-def client(url: str, endpoint: Endpoint, clock: Callable[[], float] = lambda: 0.0) -> CloudClient:
+
+def client(
+    url: str,
+    endpoint: Endpoint,
+    clock: Callable[[], float] = lambda: 0.0,
+    first_token_s: float | None = None,
+) -> CloudClient:
+    deadline = {} if first_token_s is None else {"first_token_s": first_token_s}
     return CloudClient(
         url,
         transport=httpx.MockTransport(endpoint),
         failure_threshold=3,
         cooldown_s=10.0,
         clock=clock,
+        **deadline,
     )
 
 
@@ -132,3 +147,85 @@ def test_health_lists_every_endpoint(endpoints: tuple[Endpoint, Endpoint]) -> No
     health: dict[str, Any] = pool.health()
     assert [e["url"] for e in health["endpoints"]] == ["http://a/v1", "http://b/v1"]
     assert health["available"] is True
+
+
+def timed_failure(pool: CloudPool, sent: list[str]) -> tuple[CloudError, float]:
+    started = time.monotonic()
+    with pytest.raises(CloudError) as err:
+        anyio.run(_within(5, lambda: answer_async(pool, sent)))
+    return err.value, time.monotonic() - started
+
+
+async def answer_async(pool: CloudPool, sent: list[str]) -> str:
+    def on_send(body: bytes, url: str) -> None:
+        sent.append(url)
+
+    return "".join([c.text async for c in pool.stream_chat({"messages": []}, on_send)])
+
+
+def _within(seconds: float, run: Callable[[], Awaitable[str]]) -> Callable[[], Awaitable[str]]:
+    async def bounded() -> str:
+        with anyio.fail_after(seconds):  # a hang fails the test instead of stalling it
+            return await run()
+
+    return bounded
+
+
+def test_silent_endpoints_share_one_first_token_budget(
+    endpoints: tuple[Endpoint, Endpoint],
+) -> None:
+    primary, backup = endpoints
+    primary.mode = backup.mode = "silent"
+    # The budget is the longest deadline, 0.6 s: the primary waits its 0.3 s, the backup what
+    # is left (0.3 s), not its own 0.6 s.
+    pool = CloudPool(
+        [
+            client("http://a/v1", primary, first_token_s=0.3),
+            client("http://b/v1", backup, first_token_s=0.6),
+        ]
+    )
+    sent: list[str] = []
+    error, elapsed = timed_failure(pool, sent)
+    assert error.code == "cloud_unavailable"
+    assert sent == ["http://a/v1", "http://b/v1"]
+    assert 0.55 <= elapsed < 0.85  # one budget in all, not 0.3 + 0.6
+    first, second = pool.health()["endpoints"]
+    assert (first["breaker"], first["reopens_on"]) == ("open", "probe")
+    # The backup had less than its own deadline: no proof of a black hole, one failure counted.
+    assert (second["breaker"], second["consecutive_failures"]) == ("closed", 1)
+
+
+def test_a_silent_primary_spends_the_budget_then_is_skipped_until_its_probe(
+    endpoints: tuple[Endpoint, Endpoint],
+) -> None:
+    primary, backup = endpoints
+    primary.mode = "silent"
+    now = [0.0]
+    pool = CloudPool(
+        [
+            client("http://a/v1", primary, lambda: now[0], first_token_s=0.3),
+            client("http://b/v1", backup, first_token_s=0.3),
+        ]
+    )
+    sent: list[str] = []
+    error, elapsed = timed_failure(pool, sent)
+    assert elapsed < 0.55  # the primary's wait was the whole budget: the backup is not tried
+    assert sent == ["http://a/v1"]
+    assert "budget" in error.message and "http://b/v1" in error.message
+    now[0] += 1000.0  # no cooldown re-admits a black hole
+    assert answer(pool, sent) == "from backup"
+    assert answer(pool, sent) == "from backup"
+    assert sent == ["http://a/v1", "http://b/v1", "http://b/v1"]
+    primary.mode = "ok"
+    assert anyio.run(pool.clients[0].probe) is True
+    assert answer(pool) == "from primary"
+
+
+def test_health_shows_the_tiers_first_token_budget(endpoints: tuple[Endpoint, Endpoint]) -> None:
+    pool = CloudPool(
+        [
+            client("http://a/v1", endpoints[0], first_token_s=0.3),
+            client("http://b/v1", endpoints[1], first_token_s=0.6),
+        ]
+    )
+    assert pool.health()["first_token_budget_s"] == 0.6
