@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import replace
@@ -16,6 +17,8 @@ from tandem.routing.policy import RoutingConfig, RoutingPolicy
 from tandem.sessions.service import SessionService
 from tandem.sessions.store import SqliteSessionStore
 from tandem.settings import Settings, default_sessions_db
+
+SWITCH_INTERVAL_S = 0.001
 
 
 def build_gateway(settings: Settings) -> Gateway:
@@ -81,6 +84,10 @@ def gateway_lifespan(
 
     @asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
+        # Threads doing Python work (template rendering, the privacy scan, the decode loop)
+        # hold the GIL for up to the switch interval (5 ms by default) before the event loop
+        # gets it back; 1 ms keeps the loop's latency below what the engine's steps cost.
+        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
         start = getattr(gw.local, "start", None)
         if start is not None:
             start()

@@ -350,12 +350,16 @@ def bench_load(
     ] = None,
     as_json: AsJson = False,
     out: BenchOut = None,
+    event_loop_only: Annotated[
+        bool, typer.Option(help="Only the event-loop scenario (loop lag, /healthz latency)")
+    ] = False,
 ) -> None:
     """Concurrent clients through `tandem serve`: throughput, latency, rejections, memory."""
     from bench.load import run_load_bench
 
     result = run_load_bench(
-        load_settings(), quick=quick, out=out or _results("load"), console=console, soak_s=soak_s
+        load_settings(), quick=quick, out=out or _results("load"), console=console, soak_s=soak_s,
+        event_loop_only=event_loop_only,
     )
     _emit(result, as_json)
 

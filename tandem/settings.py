@@ -63,6 +63,11 @@ class Settings(BaseSettings):
     keep_alive_s: float | None = Field(
         300.0, description="Unload the local model after this many idle seconds (None: never)"
     )
+    local_nice: int = Field(
+        0, ge=0, le=19, description="Nice increment of the local engine's threads, so that the "
+        "event loop, health probes and cloud streams preempt a running generation (0: none; "
+        "above 0 the engine also yields to every other program on the device)"
+    )
     max_tokens_limit: int = Field(4096, ge=1, description="Largest max_tokens a request may ask")
     default_max_tokens: int = Field(256, ge=1)
 

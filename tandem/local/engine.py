@@ -262,6 +262,7 @@ class LocalEngine:
     # -- worker thread ---------------------------------------------------------------------
 
     def _run(self, delay_s: float) -> None:
+        _lower_priority(self._settings.local_nice)
         try:
             if delay_s > 0 and self._wait_for_stop(delay_s):
                 return
@@ -441,3 +442,14 @@ class LocalEngine:
             )
         run_generation(self._llm, self._logits, tokens, prompt.stops, job)
 
+
+def _lower_priority(increment: int) -> None:
+    """Renice the calling thread (Linux: nice is per thread, and the OpenMP threads llama.cpp
+    starts from it inherit it). Decoding is CPU-bound on every core; at equal priority, a woken
+    event-loop thread can wait a scheduler slice (several ms) behind it. Lowered, the engine
+    keeps the CPU whenever the rest of the gateway is idle and yields it when it is not."""
+    if increment <= 0 or not hasattr(os, "setpriority"):
+        return
+    tid = threading.get_native_id()
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + increment)

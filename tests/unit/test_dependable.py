@@ -195,3 +195,24 @@ def test_a_turn_that_finds_the_engine_cold_wakes_it() -> None:
     engine.state = "ready"
     collect(gw, Turn(USER, GenerationParams(8)))
     assert engine.wakes == 1  # a ready engine is left alone
+
+
+def test_the_engine_thread_runs_at_a_lower_priority() -> None:
+    import os
+    import threading
+
+    from tandem.local.engine import _lower_priority
+
+    seen: list[int] = []
+
+    def worker() -> None:
+        tid = threading.get_native_id()
+        before = os.getpriority(os.PRIO_PROCESS, tid)
+        _lower_priority(5)
+        seen.extend([before, os.getpriority(os.PRIO_PROCESS, tid)])
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join()
+    assert seen[1] == min(seen[0] + 5, 19)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == seen[0]  # only it
