@@ -15,17 +15,20 @@ export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc)
 # ggml scores the variants by CPUID bits alone, so it would pick the AMX variant on exactly the
 # machines that crash. Decode speed against a native build: docs/deployment.md.
 # It is always compiled here (--no-cache-dir): no wheel built elsewhere, natively, is reused.
+# llamafile's tinyBLAS is off: in an AVX2 build it computes a prompt's attention differently
+# depending on how the prompt was split into batches, so an answer continued from a reused or
+# restored KV cache would drift from the same answer prefilled afresh (greedy outputs differ).
 # The multimodal library (mtmd) is not built: the gateway serves text models only.
 LLAMA_CPP_VERSION := $(shell sed -n 's/.*"llama-cpp-python\[server\]==\([0-9.]*\)".*/\1/p' pyproject.toml)
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_SSE42=ON -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON \
 	-DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX_VNNI=OFF -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF \
-	-DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DLLAVA_BUILD=OFF
+	-DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DGGML_LLAMAFILE=OFF -DLLAVA_BUILD=OFF
 
 .PHONY: install run test lint unit integration bench clean
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet '$(TORCH_SPEC)'

@@ -64,3 +64,14 @@ def test_the_baseline_still_has_avx2() -> None:
         check=True, capture_output=True, text=True,
     ).stdout
     assert re.search(r"vfmadd\w+\s.*%ymm", code), "no AVX2/FMA code in libggml-cpu"
+
+
+def test_the_build_reports_the_documented_features() -> None:
+    """llama.cpp's own feature report: AVX2 on; AVX-512, AMX and llamafile's tinyBLAS off."""
+    import llama_cpp
+
+    info = llama_cpp.llama_print_system_info().decode()
+    features = dict(re.findall(r"(\w+) = (\d)", info))
+    assert features.get("AVX2") == "1" and features.get("FMA") == "1", info
+    for off in ("AVX512", "AMX_INT8", "LLAMAFILE"):
+        assert features.get(off, "0") == "0", info
