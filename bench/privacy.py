@@ -1,14 +1,20 @@
 """``tandem bench privacy``: what the detector finds, what it wrongly redacts, what it costs.
 
+Three detector configurations in one run, side by side: ``heuristic`` (the heuristic-only
+detector of earlier releases, ``PrivacyGuard(ner=False)``), ``ner_no_public_list`` (spaCy's NER
+model, without the list of public figures) and ``ner`` (shipped).
+
 - Recall and precision per category on the PII corpus (``tests/data/pii_corpus.jsonl``), split by
-  id: even ids are the tuning half (the only one looked at when choosing the threshold and the
-  recognizers), odd ids the reporting half. "Leak recall" is category-blind: the share of
-  sensitive values whose every character is inside some finding, i.e. that the cloud would not
-  see.
-- The false-redaction rate on clean prompts: MT-Bench questions with any finding.
-- Latency of the whole cloud-bound check (scan + redact) on a 500-token prompt, p50/p99, and the
-  median cost of each recognizer; the baseline in the same run is the same call on a one-line
-  prompt.
+  id: even ids are the tuning half (the only one looked at when choosing thresholds and rules),
+  odd ids the reporting half. "Values protected" is category-blind: the share of sensitive
+  values that the cloud would not see (inside some finding, or the prompt stays on the device).
+- Over-redaction on clean prompts: the share of prompts with any finding, on MT-Bench's 160
+  turns (``../shared/data``) and on ``tests/data/clean_business.jsonl`` (business and general
+  sentences with company, product, place and title names; its ``split`` field: ``tune`` was
+  looked at while tuning, ``report`` is what is reported).
+- Latency of ``PrivacyGuard.shield`` (scan + redact) per new message, p50/p99, on a one-line
+  prompt and on 500 tokens (MT-Bench questions; PII corpus prompts), plus the median cost of
+  each recognizer. Wall-clock: on a shared machine, other load shows in the p99.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from tandem.settings import Settings
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT / "tests" / "data" / "pii_corpus.jsonl"
 MT_BENCH = ROOT.parent / "shared" / "data" / "mt_bench_questions.jsonl"
+BUSINESS = ROOT / "tests" / "data" / "clean_business.jsonl"
 
 
 def _spans(text: str, value: str) -> list[tuple[int, int]]:
@@ -103,58 +110,77 @@ def _ratio(a: int, b: int) -> float | None:
     return a / b if b else None
 
 
-def false_redaction(guard: PrivacyGuard, path: Path) -> dict[str, Any]:
-    prompts = [t for line in path.open() for t in json.loads(line)["turns"]]
+def over_redaction(guard: PrivacyGuard, prompts: list[str]) -> dict[str, Any]:
+    """The share of clean prompts that would not go out as written: any finding (a redaction,
+    or a keep-local category)."""
     flagged = []
     for text in prompts:
-        findings = guard.detector.find(text)
+        findings = guard.assess([{"role": "user", "content": text}]).findings[0]
         if findings:
             flagged.append({"text": text[:80], "found": [(f.category, f.text) for f in findings]})
     return {
         "prompts": len(prompts),
         "flagged": len(flagged),
-        "rate": len(flagged) / len(prompts),
+        "rate": len(flagged) / len(prompts) if prompts else None,
         "examples": flagged,
     }
 
 
-def latency(guard: PrivacyGuard, runs: int) -> dict[str, Any]:
+def mt_bench_turns(path: Path = MT_BENCH) -> list[str]:
+    return [t for line in path.open() for t in json.loads(line)["turns"]]
+
+
+def business(split: str, path: Path = BUSINESS) -> list[str]:
+    return [r["text"] for r in _corpus(path) if r["split"] == split]
+
+
+def latency_prompts() -> dict[str, str]:
+    """A one-line prompt, 500 tokens of MT-Bench questions, 500 tokens of the PII corpus."""
     questions = [json.loads(line)["turns"][0] for line in MT_BENCH.open()]
     long = " ".join(questions)
-    prompt_500 = long[: _chars_for_tokens(long, 500)]
-    short = "Write a haiku about rain."
     pii = " ".join(r["text"] for r in _corpus()[:12])
-    prompt_pii = pii[: _chars_for_tokens(pii, 500)]
+    return {
+        "one_line": "Write a haiku about rain.",
+        "clean_500_tokens": long[: _chars_for_tokens(long, 500)],
+        "pii_500_tokens": pii[: _chars_for_tokens(pii, 500)],
+    }
+
+
+def latency(guard: PrivacyGuard, runs: int, prompts: dict[str, str]) -> dict[str, Any]:
+    """``PrivacyGuard.shield`` (scan + redact) per new message, in milliseconds."""
     out: dict[str, Any] = {}
-    for name, text in (
-        ("one_line", short),
-        ("clean_500_tokens", prompt_500),
-        ("pii_500_tokens", prompt_pii),
-    ):
+    for name, text in prompts.items():
         msgs = [{"role": "user", "content": text}]
         started = time.perf_counter()
         guard.shield(msgs, PrivacyMode.REDACT, None)  # first sight of this text: cold caches
         first_ms = (time.perf_counter() - started) * 1000
         times = []
+        cpu = []
         for i in range(runs):
             # A different text each run: the detector caches results per text, and a new
             # message is what a request pays for (history messages come from the cache).
             fresh = [{"role": "user", "content": f"{text} ({i})"}]
-            started = time.perf_counter()
+            started, started_cpu = time.perf_counter(), time.thread_time()
             guard.shield(fresh, PrivacyMode.REDACT, None)
             times.append((time.perf_counter() - started) * 1000)
+            cpu.append((time.thread_time() - started_cpu) * 1000)
         started = time.perf_counter()
         guard.shield(msgs, PrivacyMode.REDACT, None)
         cached_ms = (time.perf_counter() - started) * 1000
         times.sort()
+        cpu.sort()
+        p99 = min(len(times) - 1, int(len(times) * 0.99))
         out[name] = {
             "chars": len(text),
             "p50_ms": times[len(times) // 2],
-            "p99_ms": times[min(len(times) - 1, int(len(times) * 0.99))],
+            "p99_ms": times[p99],
+            # The thread's own CPU time: what the call costs without other load's waits.
+            "cpu_p50_ms": cpu[len(cpu) // 2],
+            "cpu_p99_ms": cpu[p99],
             "first_call_ms": first_ms,
             "cached_ms": cached_ms,  # the same text again, as in a session's history
         }
-    per = [guard.detector.timed(prompt_pii) for _ in range(max(5, runs // 10))]
+    per = [guard.detector.timed(prompts["pii_500_tokens"]) for _ in range(max(5, runs // 10))]
     out["per_recognizer_median_ms_pii_500"] = {
         k: statistics.median(p[k] for p in per) for k in per[0]
     }
@@ -177,26 +203,85 @@ def _corpus(path: Path = CORPUS) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.open(encoding="utf-8") if line.strip()]
 
 
+# The configurations measured side by side: the heuristic-only detector of earlier releases,
+# the NER detector without its list of public figures, and the shipped NER detector.
+CONFIGS: dict[str, dict[str, bool]] = {
+    "heuristic": {"ner": False},
+    "ner_no_public_list": {"ner": True, "public_figures": False},
+    "ner": {"ner": True, "public_figures": True},
+}
+# What was tuned, and on which data: never on a report split, nor on MT-Bench.
+TUNED_ON = {
+    "tandem.privacy.ner COMMON_WORD (4.0), LEADING_WORD (3.5), RARE_SINGLE (3.0), WINDOW (3), "
+    "PERSON_CONTEXT_CHARS (60), the word lists": (
+        "pii_corpus tune split (even ids) + clean_business split=tune"
+    ),
+    "tandem.privacy.detect._DATE_CUE words, _DATE_CUE_BEFORE/AFTER": "pii_corpus tune split",
+    "tandem.privacy.cued BEFORE/AFTER windows": "pii_corpus tune split",
+    "privacy_threshold (0.35)": "unchanged",
+    "note": (
+        "the PII report split's misses were inspected once after tuning; the general rules "
+        "added then (role words, identifiers in the sentence, hyphenated given names, titles "
+        "never vetoed) were checked on the tune split"
+    ),
+}
+
+
+def split_corpus(
+    records: list[dict[str, Any]],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(tune, report): even ids tune, odd ids report."""
+    tune = [r for r in records if int(r["id"].lstrip("p")) % 2 == 0]
+    report = [r for r in records if int(r["id"].lstrip("p")) % 2 == 1]
+    return tune, report
+
+
+def run_config(
+    settings: Settings,
+    flags: dict[str, bool],
+    records: list[dict[str, Any]],
+    runs: int,
+    prompts: dict[str, str],
+) -> dict[str, Any]:
+    guard = PrivacyGuard(
+        settings.privacy_categories,
+        settings.privacy_keep_local,
+        settings.privacy_threshold,
+        **flags,
+    )
+    guard.detector.warm()
+    tune, report = split_corpus(records)
+    return {
+        "flags": flags,
+        "report_split": score_corpus(guard, report),
+        "tune_split": score_corpus(guard, tune),
+        "over_redaction_mt_bench": over_redaction(guard, mt_bench_turns()),
+        "over_redaction_business_report": over_redaction(guard, business("report")),
+        "over_redaction_business_tune": over_redaction(guard, business("tune")),
+        "latency": latency(guard, runs, prompts),
+    }
+
+
 def run_privacy_bench(
     settings: Settings, quick: bool, out: Path, console: Console, corpus: Path = CORPUS
 ) -> dict[str, Any]:
-    guard = PrivacyGuard(
-        settings.privacy_categories, settings.privacy_keep_local, settings.privacy_threshold
-    )
-    guard.detector.warm()
     records = _corpus(corpus)
-    tune = [r for r in records if int(r["id"].lstrip("p")) % 2 == 0]
-    report = [r for r in records if int(r["id"].lstrip("p")) % 2 == 1]
+    prompts = latency_prompts()
+    runs = 50 if quick else 300
+    configs = {
+        name: run_config(settings, flags, records, runs, prompts) for name, flags in CONFIGS.items()
+    }
     result = {
         "bench": "privacy",
         "quick": quick,
         "corpus": str(corpus),
+        "business_set": str(BUSINESS),
         "threshold": settings.privacy_threshold,
         "categories": settings.privacy_categories,
-        "report_split": score_corpus(guard, report),
-        "tune_split": score_corpus(guard, tune),
-        "false_redaction_mt_bench": false_redaction(guard, MT_BENCH),
-        "latency": latency(guard, 50 if quick else 300),
+        "tuned_on": TUNED_ON,
+        "configs": configs,
+        # The shipped configuration's figures at the top level, as before.
+        **{k: v for k, v in configs["ner"].items() if k != "flags"},
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, ensure_ascii=False))
@@ -204,30 +289,70 @@ def run_privacy_bench(
     return result
 
 
+def _f(x: float | None, spec: str = ".2f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
 def _print(result: dict[str, Any], console: Console) -> None:
     from rich.table import Table
 
-    rep = result["report_split"]
-    table = Table(title=f"privacy detection, report split ({rep['prompts']} prompts)")
-    for col in ("category", "values", "recall", "findings", "precision"):
-        table.add_column(col, justify="right")
-    for c, m in rep["per_category"].items():
-        table.add_row(
-            c,
-            str(m["values"]),
-            "-" if m["recall"] is None else f"{m['recall']:.2f}",
-            str(m["findings"]),
-            "-" if m["precision"] is None else f"{m['precision']:.2f}",
-        )
-    console.print(table)
-    fr = result["false_redaction_mt_bench"]
-    lat = result["latency"]
-    console.print(
-        f"values protected {rep['protected_recall']:.3f}, redacted {rep['redaction_recall']:.3f}"
-        f" (tune split {result['tune_split']['protected_recall']:.3f} / "
-        f"{result['tune_split']['redaction_recall']:.3f}); MT-Bench prompts flagged: "
-        f"{fr['flagged']}/{fr['prompts']} ({fr['rate']:.1%}); scan+redact p99: "
-        f"{lat['pii_500_tokens']['p99_ms']:.1f} ms (500 tokens with PII), "
-        f"{lat['clean_500_tokens']['p99_ms']:.1f} ms (500 clean), "
-        f"{lat['one_line']['p99_ms']:.1f} ms (one line)"
+    configs = result["configs"]
+    names = list(configs)
+    rep = configs["ner"]["report_split"]
+    table = Table(
+        title=f"per category, report split ({rep['prompts']} prompts): precision / recall"
     )
+    table.add_column("category")
+    table.add_column("values", justify="right")
+    for name in names:
+        table.add_column(name, justify="right")
+    categories = sorted(
+        {c for cfg in configs.values() for c in cfg["report_split"]["per_category"]}
+    )
+    for c in categories:
+        row = [c]
+        values = max(
+            cfg["report_split"]["per_category"].get(c, {}).get("values", 0)
+            for cfg in configs.values()
+        )
+        row.append(str(values))
+        for name in names:
+            m = configs[name]["report_split"]["per_category"].get(c)
+            row.append("-" if m is None else f"{_f(m['precision'])} / {_f(m['recall'])}")
+        table.add_row(*row)
+    console.print(table)
+    summary = Table(title="privacy detection: before (heuristic) and after (ner)")
+    summary.add_column("measure")
+    for name in names:
+        summary.add_column(name, justify="right")
+
+    def rate(key: str) -> list[str]:
+        cells = [configs[n][key] for n in names]
+        return [f"{c['flagged']}/{c['prompts']} ({c['rate']:.1%})" for c in cells]
+
+    summary.add_row("over-redaction MT-Bench", *rate("over_redaction_mt_bench"))
+    summary.add_row("over-redaction business (report)", *rate("over_redaction_business_report"))
+    summary.add_row("over-redaction business (tune)", *rate("over_redaction_business_tune"))
+    summary.add_row(
+        "values protected, report split",
+        *[_f(configs[n]["report_split"]["protected_recall"], ".3f") for n in names],
+    )
+    summary.add_row(
+        "values redacted, report split",
+        *[_f(configs[n]["report_split"]["redaction_recall"], ".3f") for n in names],
+    )
+    summary.add_row(
+        "values protected, tune split",
+        *[_f(configs[n]["tune_split"]["protected_recall"], ".3f") for n in names],
+    )
+    for prompt in ("one_line", "clean_500_tokens", "pii_500_tokens"):
+        for kind, p50, p99 in (("wall", "p50_ms", "p99_ms"), ("cpu", "cpu_p50_ms", "cpu_p99_ms")):
+            summary.add_row(
+                f"shield {kind} p50 / p99 ms, {prompt}",
+                *[
+                    f"{configs[n]['latency'][prompt][p50]:.1f} / "
+                    f"{configs[n]['latency'][prompt][p99]:.1f}"
+                    for n in names
+                ],
+            )
+    console.print(summary)

@@ -34,6 +34,9 @@ DEFAULT_PRIVACY_CATEGORIES = (
     "LOCATION",
     "MEDICAL",
     "UK_NHS",
+    # Found only next to their cue words ("passport no.", "account number"): tandem.privacy.cued
+    "PASSPORT",
+    "ACCOUNT_NUMBER",
 )
 
 

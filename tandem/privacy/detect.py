@@ -1,14 +1,30 @@
-"""Finding sensitive spans in text: Presidio's recognizers on a blank spaCy pipeline, offline.
+"""Finding sensitive spans in text: Presidio's recognizers, spaCy's named-entity model, offline.
 
 Presidio's pattern recognizers bring the checksums (Luhn for cards, mod-97 for IBANs, the SSN
 rules, libphonenumber for phones). They need an NLP engine only for tokens and lemmas, which a
-blank spaCy pipeline provides without a downloaded model. Added here: person names
-(``names.py``), street addresses (patterns anchored on a UK postcode, a US state and ZIP, or a
-German street suffix), dates written
-with month names, and health content (``medical.py``).
+blank spaCy pipeline provides. Added here: person names (spaCy's small English NER model, with
+the gazetteer and cue rules of ``names.py`` where it is unsure: ``ner.py``), identifiers next to
+their cue words whatever their checksum says (``cued.py``), street addresses (patterns anchored
+on a UK postcode, a US state and ZIP, or a German street suffix), dates written with month
+names, and health content (``medical.py``).
+
+LOCATION is a street address, never a city, a region or a country on its own: those are not
+personal data, and the model's GPE / LOC entities only keep the name rules from taking them for
+people.
+
+Quasi-identifiers: a given name alone (no surname, title or cue) and a date with nothing that
+ties it to a person (birth, an appointment, ...) are *weak* findings, redacted only when the
+text (for a request: the conversation) holds other personal data. "David has three sisters" or
+a table of stock prices by date go out as they are; "Chidi still owes me €150, IBAN ..." does
+not.
+
+``Detector(ner=False)`` is the heuristic-only configuration of earlier releases (name list and
+rare-word rules for PERSON, no cued identifiers, no weak findings), kept so that ``tandem bench
+privacy`` can measure both in one run.
 
 No network: ``tldextract`` (used by Presidio's e-mail check) is pointed at the public-suffix
-snapshot it ships instead of fetching the list on first use.
+snapshot it ships instead of fetching the list on first use, and the spaCy model is the
+installed package.
 """
 
 from __future__ import annotations
@@ -18,6 +34,7 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +53,12 @@ from tandem.errors import ConfigError
 from tandem.settings import DEFAULT_PRIVACY_CATEGORIES
 
 # Everything the detector knows; the default set (in settings) leaves out the rarer ones.
-CATEGORIES = (*DEFAULT_PRIVACY_CATEGORIES, "CRYPTO", "US_PASSPORT")
+CATEGORIES = (
+    *DEFAULT_PRIVACY_CATEGORIES,
+    *(c for c in ("PASSPORT", "ACCOUNT_NUMBER") if c not in DEFAULT_PRIVACY_CATEGORIES),
+    "CRYPTO",
+    "US_PASSPORT",
+)
 DEFAULT_CATEGORIES = DEFAULT_PRIVACY_CATEGORIES
 PHONE_REGIONS = ("US", "GB", "DE", "FR")
 
@@ -97,6 +119,19 @@ _UK_ADDRESS = Pattern(
 _CARD_16 = r"\b\d{4}([- ]?)\d{4}\1\d{4}\1\d{4}\b"
 
 
+# What ties a date to a person (a birth, an appointment, a hospital stay, ...), within a few
+# words before it ("born", "DOB:", "appointment on") or after it ("... is her birthday").
+_DATE_CUE = re.compile(
+    r"(?i)(?<!\w)(?:born|birth|birthdate|birthday|b\.|dob|d\.o\.b\.?|date\s+of\s+birth|"
+    r"age[ds]?|appointment|appt|consultation|check-?up|follow-?up|admitted|admission|"
+    r"discharged?|surgery|operation|procedure|biopsy|diagnos\w*|died|death|deceased|"
+    r"funeral|wedding|anniversary|due\s+date|hired|hire\s+date|start\s+date|first\s+day|"
+    r"last\s+day|visa|passport|expir\w*|issued|valid\s+until)(?!\w)"
+)
+_DATE_CUE_BEFORE = 50
+_DATE_CUE_AFTER = 25
+
+
 @dataclass(frozen=True)
 class Finding:
     category: str
@@ -104,15 +139,35 @@ class Finding:
     end: int
     text: str
     score: float
+    # A quasi-identifier (a given name alone, a date tied to no one): redacted only next to
+    # other personal data. Only the NER configuration marks findings weak.
+    weak: bool = False
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "category": self.category,
             "start": self.start,
             "end": self.end,
             "text": self.text,
             "score": round(self.score, 3),
         }
+        if self.weak:
+            out["weak"] = True
+        return out
+
+
+@dataclass(frozen=True)
+class _Scan:
+    findings: tuple[Finding, ...]
+    pending: bool  # given names alone left to the model's later word (``Detector.settled``)
+
+
+def supported(findings: Sequence[Finding], support: bool = False) -> list[Finding]:
+    """``findings`` without the weak ones, unless something else personal is there too (a
+    strong finding among them, or ``support`` from elsewhere in the conversation)."""
+    if support or any(not f.weak for f in findings):
+        return list(findings)
+    return []
 
 
 class _BlankSpacy(SpacyNlpEngine):
@@ -210,8 +265,9 @@ def _analyzer() -> AnalyzerEngine:
 
 
 def _build_analyzer() -> AnalyzerEngine:
+    """The recognizers both configurations share; the PERSON recognizer (and, for the NER
+    configuration, the cued identifiers) come with each call (``Detector._recognizers``)."""
     from tandem.privacy.medical import medical_recognizer
-    from tandem.privacy.names import PersonNameRecognizer
 
     _offline_tldextract()
     # Loading the predefined recognizers warns once per recognizer of another language.
@@ -231,9 +287,9 @@ def _build_analyzer() -> AnalyzerEngine:
     registry.add_recognizer(
         CreditCardRecognizer(patterns=[*presidio_cards, Pattern("16 digits", _CARD_16, 0.3)])
     )
-    # The NER recognizer has nothing to work with on a blank pipeline.
+    # Presidio's NER recognizer reads entities from the NLP engine, which is blank: names come
+    # from the detector's own recognizer, which runs the model where it is needed.
     registry.remove_recognizer("SpacyRecognizer")
-    registry.add_recognizer(PersonNameRecognizer())
     registry.add_recognizer(
         PatternRecognizer(
             supported_entity="LOCATION",
@@ -254,12 +310,25 @@ def _build_analyzer() -> AnalyzerEngine:
 class Detector:
     """Sensitive spans of the chosen categories, overlaps resolved (longest, then highest).
 
+    ``ner`` (default True) runs spaCy's named-entity model for person names, the cued-identifier
+    rules and the weak-finding rule; False is the heuristic-only configuration of earlier
+    releases, kept for measurement (``tandem bench privacy`` runs both). ``public_figures``
+    (NER configuration only) leaves well-known public figures named in full unredacted.
+
     Safe to call from several threads at once (the gateway scans off the event loop): the
-    analyzer is built once and its calls are serialized, and the per-text cache is an
-    ``lru_cache`` (thread-safe; two threads missing on one text both scan it, same result).
+    analyzer is built once and its calls are serialized (the model's included), and the per-text
+    cache is an ``lru_cache`` (thread-safe; two threads missing on one text both scan it, same
+    result).
     """
 
-    def __init__(self, categories: tuple[str, ...] = DEFAULT_CATEGORIES, threshold: float = 0.35):
+    def __init__(
+        self,
+        categories: tuple[str, ...] = DEFAULT_CATEGORIES,
+        threshold: float = 0.35,
+        *,
+        ner: bool = True,
+        public_figures: bool = True,
+    ):
         unknown = set(categories) - set(CATEGORIES)
         if unknown:
             raise ConfigError(
@@ -268,46 +337,138 @@ class Detector:
             )
         self.categories = tuple(categories)
         self.threshold = threshold
+        self.ner = ner
+        self.public_figures = public_figures
+        self._recognizers: list[EntityRecognizer] = self._own_recognizers()
+        self._entity_list: list[str] | None = None
         self._find_cached = functools.lru_cache(maxsize=4096)(self._find)
+        self._settled_cached = functools.lru_cache(maxsize=1024)(self._settle)
+
+    def _own_recognizers(self) -> list[EntityRecognizer]:
+        if not self.ner:
+            from tandem.privacy.names import PersonNameRecognizer
+
+            return [PersonNameRecognizer()]
+        from tandem.privacy.cued import CuedIdentifierRecognizer
+        from tandem.privacy.ner import NerPersonRecognizer
+
+        return [NerPersonRecognizer(public_figures=self.public_figures), CuedIdentifierRecognizer()]
 
     def warm(self) -> None:
-        """Build the analyzer and load the name list now rather than on the first request."""
+        """Build the analyzer, load the name list and the model now rather than on the first
+        request."""
         from tandem.privacy.names import warm_up
 
         warm_up()
+        if self.ner:
+            from tandem.privacy.ner import pipeline
+
+            pipeline()
         self.find("Warm up with Jane Doe and Sipho Ndlovu at jane@example.org, 1 Main Street.")
 
     def find(self, text: str) -> list[Finding]:
-        """The findings in ``text``. A session sends its whole history to the cloud on every
-        turn, so results are cached by text: each message is scanned once, not once per turn."""
-        return list(self._find_cached(text))
+        """The findings in ``text``: weak ones only if something else personal is in it."""
+        return supported(self.scan(text))
 
-    def _find(self, text: str) -> tuple[Finding, ...]:
+    def scan(self, text: str) -> list[Finding]:
+        """Every finding in ``text``, weak ones included (``supported`` decides on those). A
+        session sends its whole history to the cloud on every turn, so results are cached by
+        text: each message is scanned once, not once per turn.
+
+        Given names alone that only the model could decide are left out when nothing else
+        personal is in ``text`` (they would be dropped): ``settled`` has them, for a
+        conversation that holds personal data elsewhere."""
+        return list(self._find_cached(text).findings)
+
+    def settled(self, text: str) -> list[Finding]:
+        """``scan`` with every given name alone decided by the model (see ``scan``)."""
+        scanned = self._find_cached(text)
+        if not scanned.pending:
+            return list(scanned.findings)
+        return list(self._settled_cached(text))
+
+    def _entities(self, analyzer: AnalyzerEngine) -> list[str]:
+        """The chosen categories that some recognizer looks for (the heuristic configuration
+        has none for PASSPORT or ACCOUNT_NUMBER), worked out once."""
+        if self._entity_list is None:
+            known = set(analyzer.get_supported_entities("en"))
+            known.update(e for r in self._recognizers for e in r.supported_entities)
+            self._entity_list = [c for c in self.categories if c in known]
+        return self._entity_list
+
+    def _find(self, text: str) -> _Scan:
         if not text.strip():
-            return ()
+            return _Scan((), False)
         analyzer = _analyzer()
         with _ANALYZE_LOCK:
             results = analyzer.analyze(
                 text,
                 language="en",
-                entities=list(self.categories),
+                entities=self._entities(analyzer),
                 score_threshold=self.threshold,
+                ad_hoc_recognizers=self._recognizers,
             )
-        found = [
-            Finding(r.entity_type, r.start, r.end, text[r.start : r.end], r.score) for r in results
+            pending = bool(getattr(self._recognizers[0], "deferred", False))
+            found = [
+                Finding(
+                    r.entity_type,
+                    r.start,
+                    r.end,
+                    text[r.start : r.end],
+                    r.score,
+                    self.ner and self._weak(text, r),
+                )
+                for r in results
+            ]
+            if pending and any(not f.weak for f in found):
+                # Personal data in the text itself: the deferred names count, decide them now.
+                found, pending = self._with_all_names(text, found), False
+        return _Scan(tuple(_resolve(found)), pending)
+
+    def _settle(self, text: str) -> tuple[Finding, ...]:
+        found = list(self._find_cached(text).findings)
+        with _ANALYZE_LOCK:  # the model is not to be called from two threads at once
+            return tuple(_resolve(self._with_all_names(text, found)))
+
+    def _with_all_names(self, text: str, found: list[Finding]) -> list[Finding]:
+        """``found`` with its PERSON findings replaced by the full decision, given names alone
+        included."""
+        from tandem.privacy.ner import person_spans
+
+        others = [f for f in found if f.category != "PERSON"]
+        people = [
+            Finding("PERSON", s, e, text[s:e], score, weak)
+            for (s, e), (score, weak) in person_spans(text, self.public_figures).items()
+            if score >= self.threshold
         ]
-        return tuple(_resolve(found))
+        return others + people
+
+    @staticmethod
+    def _weak(text: str, r: RecognizerResult) -> bool:
+        if r.entity_type == "PERSON":
+            return bool((r.recognition_metadata or {}).get("weak", False))
+        if r.entity_type == "DATE_TIME":
+            line_start = text.rfind("\n", 0, r.start) + 1
+            before = text[max(line_start, r.start - _DATE_CUE_BEFORE) : r.start]
+            line_end = text.find("\n", r.end)
+            stop = len(text) if line_end < 0 else line_end
+            after = text[r.end : min(r.end + _DATE_CUE_AFTER, stop)]
+            return not (_DATE_CUE.search(before) or _DATE_CUE.search(after))
+        return False
 
     def timed(self, text: str) -> dict[str, float]:
         """Milliseconds each recognizer takes on ``text`` (for the privacy benchmark)."""
         analyzer = _analyzer()
         costs: dict[str, float] = {}
+        entities = self._entities(analyzer)
         with _ANALYZE_LOCK:
             artifacts = analyzer.nlp_engine.process_text(text, "en")
-            recognizers: list[Any] = analyzer.registry.get_recognizers("en", list(self.categories))
+            recognizers: list[Any] = analyzer.registry.get_recognizers(
+                "en", entities, ad_hoc_recognizers=self._recognizers
+            )
             for recognizer in recognizers:
                 started = time.perf_counter()
-                recognizer.analyze(text, list(self.categories), artifacts)
+                recognizer.analyze(text, entities, artifacts)
                 costs[recognizer.name] = (time.perf_counter() - started) * 1000
         return costs
 

@@ -1,11 +1,13 @@
-"""Person names without an NER model: a first-name gazetteer plus the shape of names in text.
+"""Person-name candidates from a first-name gazetteer and the shape of names in text.
 
-No NER model can be downloaded at run time, and spaCy's are not on PyPI. What does ship on PyPI
-is ``gender-guesser``'s name dictionary (about 48,000 first names from many countries), so a
-name is found as: a known first name, alone or followed by surname words ("Amara Okafor",
-"Pieter van Dijk"); a title followed by capitalised words ("Dr. Okafor"); or capitalised words
-after a cue, known or not ("my daughter Priya", "Policyholder: Kwame Mensah"). Presidio's
-recognizer interface carries it.
+``gender-guesser``'s name dictionary (about 48,000 first names from many countries) gives the
+candidates: a known first name, alone or followed by surname words ("Amara Okafor", "Pieter van
+Dijk"); a title followed by capitalised words ("Dr. Okafor"); capitalised words after a cue,
+known or not ("my daughter Priya", "Policyholder: Kwame Mensah"); capitalised words that English
+rarely uses (``wordfreq``). The default detector puts these to spaCy's named-entity model
+(``ner.py``), which knows a company or a country from a person; ``PersonNameRecognizer`` is the
+heuristic-only recognizer of earlier releases, kept so that the two can be measured side by
+side (``Detector(ner=False)``).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ _AMBIGUOUS = frozenset(
         """
     )
 )
+AMBIGUOUS = _AMBIGUOUS
 _TITLES = r"(?:Dr|Mr|Mrs|Ms|Miss|Mx|Prof|Professor|Sir|Dame|Rev|Capt|Sgt)\.?"
 # Words after which capitalised words are a name, known or not ("Policyholder: Kwame Mensah").
 _CUES = (
@@ -136,9 +139,89 @@ def _starts_sentence(text: str, m: regex.Match[str]) -> bool:
     return not before or before[-1] in '.!?\n"“'
 
 
+# How each candidate was found, with its score: a title before it, a known first name with a
+# surname, capitalised words after a cue, capitalised words led by a rare word, a known first
+# name alone, a rare capitalised word alone.
+TITLE, KNOWN_RUN, CUE, RARE_RUN, KNOWN_ALONE, RARE_WORD, MENTION, INITIAL = (
+    "title",
+    "known_run",
+    "cue",
+    "rare_run",
+    "known_alone",
+    "rare_alone",
+    "mention",
+    "initial",
+)
+SCORES = {
+    TITLE: 0.85,
+    KNOWN_RUN: 0.7,
+    CUE: 0.65,
+    RARE_RUN: 0.55,
+    KNOWN_ALONE: 0.5,
+    RARE_WORD: 0.45,
+    MENTION: 0.5,
+    INITIAL: 0.5,
+}
+
+
+def candidates(text: str, initial_names: bool = False) -> dict[tuple[int, int], str]:
+    """Name-shaped spans from the list, the titles, the cues and word rarity, with how each
+    was found (the first rule to find a span names it; the title rule comes first). With
+    ``initial_names``, a known first name alone at the start of a sentence is a candidate
+    too (``INITIAL``: capitals say nothing there, so only the model can tell)."""
+    names = first_names()
+    found: dict[tuple[int, int], str] = {}
+    for m in _TITLE_NAME.finditer(text):
+        found[m.span(1)] = TITLE
+    for m in _NAME_RUN.finditer(text, overlapped=True):
+        first = m.group(1)
+        known = first.lower() in names and len(first) > 2
+        initial = _starts_sentence(text, m)
+        if known and m.group(2):  # with a surname it is surely a name
+            found.setdefault((m.start(1), m.end(2)), KNOWN_RUN)
+        elif known and first.lower() not in _AMBIGUOUS and not initial:
+            # A known first name alone, capitalised where a word would not be: likely.
+            found.setdefault(m.span(1), KNOWN_ALONE)
+        elif m.group(2) and (
+            _HYPHENATED.fullmatch(first)
+            or is_rare(first, RARE_IN_RUN)
+            or _has_given_name(m.group(2), names)  # family name first: "Nguyen Thi Lan"
+        ):
+            # Capitalised words led by one English hardly uses: a name the list lacks.
+            found.setdefault((m.start(1), m.end(2)), RARE_RUN)
+        elif not m.group(2) and not initial and is_rare(first, RARE_ALONE):
+            found.setdefault(m.span(1), RARE_WORD)
+        elif initial_names and known and not m.group(2) and first.lower() not in _AMBIGUOUS:
+            found.setdefault(m.span(1), INITIAL)
+    for m in _CUE_NAME.finditer(text):
+        found.setdefault(m.span(1), CUE)
+    return found
+
+
+def cued(text: str) -> set[tuple[int, int]]:
+    """The spans that a title or a cue makes names ("Dr. Okafor", "my daughter Priya")."""
+    return {m.span(1) for m in _TITLE_NAME.finditer(text)} | {
+        m.span(1) for m in _CUE_NAME.finditer(text)
+    }
+
+
+def mentions(text: str, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Every other mention of a part of a name in ``spans`` ("Aisha Bello ... Aisha said")."""
+    parts = {p for (s, e) in spans for p in _WORD.findall(text[s:e]) if len(p) > 2}
+    if not parts:
+        return []
+    mention = regex.compile(r"\b(?:" + "|".join(map(regex.escape, parts)) + r")\b")
+    return [
+        m.span() for m in mention.finditer(text) if not any(s <= m.start() < e for (s, e) in spans)
+    ]
+
+
 class PersonNameRecognizer(EntityRecognizer):
     """PERSON spans from the gazetteer and the shapes above (scores: title 0.85, known first
-    name with surname 0.7, after a cue 0.65, known first name alone 0.5)."""
+    name with surname 0.7, after a cue 0.65, known first name alone 0.5).
+
+    The heuristic-only detector of earlier releases (``Detector(ner=False)``); the default one
+    puts these candidates to the named-entity model first (``ner.py``)."""
 
     def __init__(self) -> None:
         super().__init__(supported_entities=["PERSON"], name="PersonNameRecognizer")
@@ -149,37 +232,9 @@ class PersonNameRecognizer(EntityRecognizer):
     def analyze(
         self, text: str, entities: list[str], nlp_artifacts: NlpArtifacts | None = None
     ) -> list[RecognizerResult]:
-        names = first_names()
-        found: dict[tuple[int, int], float] = {}
-        for m in _TITLE_NAME.finditer(text):
-            found[m.span(1)] = 0.85
-        for m in _NAME_RUN.finditer(text, overlapped=True):
-            first = m.group(1)
-            known = first.lower() in names and len(first) > 2
-            initial = _starts_sentence(text, m)
-            if known and m.group(2):  # with a surname it is surely a name
-                found.setdefault((m.start(1), m.end(2)), 0.7)
-            elif known and first.lower() not in _AMBIGUOUS and not initial:
-                # A known first name alone, capitalised where a word would not be: likely.
-                found.setdefault(m.span(1), 0.5)
-            elif m.group(2) and (
-                _HYPHENATED.fullmatch(first)
-                or is_rare(first, RARE_IN_RUN)
-                or _has_given_name(m.group(2), names)  # family name first: "Nguyen Thi Lan"
-            ):
-                # Capitalised words led by one English hardly uses: a name the list lacks.
-                found.setdefault((m.start(1), m.end(2)), 0.55)
-            elif not m.group(2) and not initial and is_rare(first, RARE_ALONE):
-                found.setdefault(m.span(1), 0.45)
-        for m in _CUE_NAME.finditer(text):
-            found.setdefault(m.span(1), 0.65)
-        # Every other mention of a part of a name found above ("Aisha Bello ... Aisha said").
-        parts = {p for (s, e) in found for p in _WORD.findall(text[s:e]) if len(p) > 2}
-        if parts:
-            mention = regex.compile(r"\b(?:" + "|".join(map(regex.escape, parts)) + r")\b")
-            for m in mention.finditer(text):
-                if not any(s <= m.start() < e for (s, e) in found):
-                    found[m.span()] = 0.5
+        found = {span: SCORES[kind] for span, kind in candidates(text).items()}
+        for span in mentions(text, list(found)):
+            found[span] = SCORES[MENTION]
         return [
             RecognizerResult("PERSON", start, end, score) for (start, end), score in found.items()
         ]

@@ -22,7 +22,7 @@ from enum import StrEnum
 from typing import Any, Literal
 
 from tandem.local.chat import Message
-from tandem.privacy.detect import DEFAULT_CATEGORIES, Detector, Finding
+from tandem.privacy.detect import DEFAULT_CATEGORIES, Detector, Finding, supported
 from tandem.privacy.redact import Placeholders, Restorer, redact_messages
 
 
@@ -81,10 +81,16 @@ class CloudShield:
 class PrivacyGuard:
     """Detection plus the policy's keep-local categories.
 
+    Weak findings (a given name alone, a date tied to no one) are redacted when the
+    conversation holds other personal data: a strong finding in any of its messages, or values
+    the session's table already redacted in earlier turns.
+
     Safe to call from worker threads concurrently (the gateway runs ``shield`` off the event
     loop): the detector serializes its analyzer calls, and placeholders are taken from a
     session's table under a lock, so two scans that share a table cannot number one value
     twice.
+
+    ``ner=False`` selects the heuristic-only detector of earlier releases (for measurement).
     """
 
     def __init__(
@@ -92,14 +98,26 @@ class PrivacyGuard:
         categories: Sequence[str] = DEFAULT_CATEGORIES,
         keep_local: Sequence[str] = ("MEDICAL",),
         threshold: float = 0.35,
+        *,
+        ner: bool = True,
+        public_figures: bool = True,
     ):
-        self.detector = Detector(tuple(categories), threshold)
-        Detector(tuple(keep_local))  # the same check of the names
+        self.detector = Detector(
+            tuple(categories), threshold, ner=ner, public_figures=public_figures
+        )
+        Detector(tuple(keep_local), ner=False)  # the same check of the names
         self.keep_local = tuple(keep_local)
         self._tables = threading.Lock()
 
-    def assess(self, messages: Sequence[Message]) -> Assessment:
-        findings = [self.detector.find(m["content"]) for m in messages]
+    def assess(self, messages: Sequence[Message], table: Placeholders | None = None) -> Assessment:
+        scanned = [self.detector.scan(m["content"]) for m in messages]
+        support = bool(table is not None and table.by_value) or any(
+            not f.weak for fs in scanned for f in fs
+        )
+        if support:
+            # Given names alone count now: the model decides those it had not yet seen.
+            scanned = [self.detector.settled(m["content"]) for m in messages]
+        findings = [supported(fs, support) for fs in scanned]
         found = {f.category for fs in findings for f in fs}
         return Assessment(findings, tuple(c for c in self.keep_local if c in found))
 
@@ -111,7 +129,7 @@ class PrivacyGuard:
             return None
         if mode == PrivacyMode.ALLOW:
             return CloudShield(list(messages), mode)
-        assessment = self.assess(messages)
+        assessment = self.assess(messages, table)
         if assessment.keep_local:
             return None
         table = table if table is not None else Placeholders()

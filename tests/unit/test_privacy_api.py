@@ -237,3 +237,24 @@ def test_secrets_never_reach_logs_or_metrics(
         health = api.get("/healthz").text
     everything = r.text + metrics + health + caplog.text
     assert cloud_key not in everything and KEY not in everything
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_placeholders_the_cloud_rewrites_or_invents_never_reach_the_client(
+    settings: Settings, engine: FakeEngine, stream: bool
+) -> None:
+    cloud = RecordingCloud(("Dear PERS", "ON_1, I asked [Pers", "on_1] and <PERSON_", "2> too."))
+    with make_api(settings, engine, cloud) as api:
+        body = {
+            "messages": [{"role": "user", "content": SECRET}],
+            "stream": stream,
+            "tandem": {"route": "cloud"},
+        }
+        r = api.post("/v1/chat/completions", json=body)
+    assert r.status_code == 200
+    if stream:
+        lines = [line[6:] for line in r.text.splitlines() if line.startswith("data: {")]
+        text = "".join(json.loads(x)["choices"][0]["delta"].get("content") or "" for x in lines)
+    else:
+        text = r.json()["choices"][0]["message"]["content"]
+    assert text == "Dear Ana Lima, I asked Ana Lima and that person too."

@@ -19,6 +19,9 @@ class _FakeAnalyzer:
     def analyze(self, text: str, **kwargs: Any) -> list[Any]:
         return []
 
+    def get_supported_entities(self, language: str) -> list[str]:
+        return []
+
 
 def test_two_threads_at_first_use_build_the_analyzer_once(
     monkeypatch: pytest.MonkeyPatch,
