@@ -26,11 +26,11 @@ _SEQ = 0  # Llama.generate keeps everything in sequence 0
 @dataclass(frozen=True)
 class Snapshot:
     tokens: np.ndarray  # the token ids the cache holds, in order
-    data: bytes  # llama.cpp's serialized sequence state
+    data: np.ndarray  # llama.cpp's serialized sequence state (uint8)
 
     @property
     def nbytes(self) -> int:
-        return len(self.data) + self.tokens.nbytes
+        return self.data.nbytes + self.tokens.nbytes
 
 
 class SessionCache:
@@ -98,21 +98,33 @@ class SessionCache:
                 self.stats["evictions"] += 1
 
 
+# A snapshot is tens of MB (about 23 KB per token for SmolLM2). It is copied only inside
+# llama.cpp's own calls, which ctypes makes with the GIL released: a copy made by Python
+# (``bytes(buffer)``, ``from_buffer_copy``, a zero-filled ctypes array) holds the GIL for its
+# whole length and stalls the event loop and every other thread, tens of ms per switch.
+_BYTES = ctypes.POINTER(ctypes.c_uint8)
+
+
 def _capture(llm: Any) -> Snapshot:
     import llama_cpp
 
     size = llama_cpp.llama_state_seq_get_size(llm.ctx, _SEQ)
-    buffer = (ctypes.c_uint8 * size)()
-    written = llama_cpp.llama_state_seq_get_data(llm.ctx, buffer, size, _SEQ)
+    buffer = np.empty(size, dtype=np.uint8)  # not zero-filled: llama.cpp writes it
+    written = llama_cpp.llama_state_seq_get_data(
+        llm.ctx, buffer.ctypes.data_as(_BYTES), size, _SEQ
+    )
     tokens = np.array(llm.input_ids[: llm.n_tokens], dtype=np.intc)
-    return Snapshot(tokens, bytes(buffer)[:written])
+    return Snapshot(tokens, buffer[:written])
 
 
 def _restore(llm: Any, snapshot: Snapshot) -> None:
     import llama_cpp
 
-    data = (ctypes.c_uint8 * len(snapshot.data)).from_buffer_copy(snapshot.data)
-    if llama_cpp.llama_state_seq_set_data(llm.ctx, data, len(snapshot.data), _SEQ) == 0:
+    data = snapshot.data
+    restored = llama_cpp.llama_state_seq_set_data(
+        llm.ctx, data.ctypes.data_as(_BYTES), data.size, _SEQ
+    )
+    if restored == 0:
         llm.reset()  # could not restore: the next generation prefills from scratch
         return
     n = len(snapshot.tokens)

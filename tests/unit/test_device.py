@@ -119,12 +119,9 @@ def test_decode_speed_shows_at_once_without_a_sensor_read() -> None:
         mon.close()
 
 
-def _refreshers() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "tandem-device-monitor"]
-
-
 def test_the_refresher_stops_when_idle_closed_or_dropped() -> None:
-    before = len(_refreshers())
+    # Each monitor's own thread is watched: monitors that other tests left alive have
+    # refreshers of their own, which start and stop on their own schedule.
     sensors = Sensors()
     idle = DeviceMonitor(
         sensors.thermal, sensors.battery, sensors.memory, ttl_s=0.05, idle_stop_s=0.1
@@ -132,13 +129,17 @@ def test_the_refresher_stops_when_idle_closed_or_dropped() -> None:
     idle.read()
     _wait_for(lambda: idle._refresher is None)  # nobody read for 0.1 s: it stopped
     assert idle.read().temperature_c == 50.0  # ... and a read starts it again
-    assert idle._refresher is not None
+    restarted = idle._refresher
+    assert restarted is not None and restarted.is_alive()
     idle.close()
+    assert not restarted.is_alive()
     dropped = DeviceMonitor(sensors.thermal, sensors.battery, sensors.memory, ttl_s=0.05)
     dropped.read()
+    thread = dropped._refresher
+    assert thread is not None and thread.is_alive()
     del dropped
     gc.collect()
-    _wait_for(lambda: len(_refreshers()) == before)
+    _wait_for(lambda: not thread.is_alive())
 
 
 def test_the_app_reads_the_sensors_at_start_off_the_loop_and_stops_the_refresher(
