@@ -88,8 +88,7 @@ async def _freeze_heap_after(*startup: asyncio.Task[Any]) -> None:
     objects are never scanned, so later collections walk only what requests allocate. (Garbage
     frozen with them is never freed: a one-off, start-up-sized cost.)
     """
-    with contextlib.suppress(Exception):
-        await asyncio.gather(*startup, return_exceptions=True)
+    await asyncio.gather(*startup, return_exceptions=True)  # their errors are theirs to report
     gc.freeze()
 
 
