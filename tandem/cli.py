@@ -314,6 +314,44 @@ def bench_privacy(
     _emit(result, as_json)
 
 
+@bench_app.command("standin")
+def bench_standin(
+    quick: Annotated[bool, typer.Option(help="A third of the items")] = False,
+    data_dir: Annotated[Path | None, typer.Option(
+        help="Evaluation data folder (default: $TANDEM_DATA_DIR or ../shared/data)")] = None,
+    as_json: AsJson = False,
+    out: BenchOut = None,
+) -> None:
+    """The stand-in cloud against the local model on chat-shaped questions (report half)."""
+    from rich.table import Table
+
+    from bench.standin import run_standin_bench
+    from tandem.optimize.evaluate import default_data_dir
+
+    with _clear_errors():
+        result = run_standin_bench(data_dir or default_data_dir(), quick,
+                                   out or _results("standin"), console)
+    if as_json:
+        _emit(result, as_json)
+        return
+    table = Table(title=f"stand-in {result['standin']} vs local {result['local']} (chat protocol,"
+                        " report half)")
+    for col in ("task", "items", "local", "stand-in", "gain (pts, 95%)", "median s local/stand-in"):
+        table.add_column(col, justify="left" if col == "task" else "right")
+    for task, r in result["tasks"].items():
+        table.add_row(task, str(r["n_items"]), f"{r['local_accuracy']:.1%}",
+                      f"{r['standin_accuracy']:.1%}",
+                      f"{r['gain_points']:+.1f} ± {r['gain_ci95_points']:.1f}",
+                      f"{r['local_latency']['median_s']:.2f} / "
+                      f"{r['standin_latency']['median_s']:.2f}")
+    o = result["overall"]
+    table.add_row("overall", str(o["n_items"]), "", "",
+                  f"{o['gain_points']:+.1f} ± {o['gain_ci95_points']:.1f}", "")
+    console.print(table)
+    for g in result["greetings"]:
+        console.print(f"[bold]{g['prompt']}[/bold] → {g['answer'][:120]!r}")
+
+
 @bench_app.command("router")
 def bench_router(
     quick: Annotated[bool, typer.Option(help="Fewer timed decisions")] = False,

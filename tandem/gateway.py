@@ -351,7 +351,12 @@ class Gateway:
                 if hedge is not None:
                     await hedge.cancel()
                     self.metrics.count_hedge("cancelled")
-                reason = "privacy_keep_local" if escalate else "cascade_confident"
+                if escalate:
+                    reason = "privacy_keep_local"
+                elif not self.policy.cascade_knows(features):
+                    reason = "cascade_abstained"
+                else:
+                    reason = "cascade_confident"
                 yield replace(route, reason=reason, scores=scores)
                 for event in held:
                     if isinstance(event, TokenEvent) and event.text:

@@ -148,7 +148,7 @@ class Settings(BaseSettings):
 
     # Stand-in cloud (used when cloud_url is not set)
     standin: bool = Field(True, description="Start the stand-in cloud when no cloud_url is set")
-    standin_model: str = "gemma3-270m"
+    standin_model: str = "qwen2.5-coder-1.5b"
     standin_port: int = Field(8081, ge=1, le=65535)
     standin_n_ctx: int = Field(2048, ge=64)
 

@@ -49,7 +49,7 @@ class StandinCloud:
 
     def __init__(
         self,
-        model: str = "gemma3-270m",
+        model: str = "qwen2.5-coder-1.5b",
         *,
         chat_format: str | None = None,
         host: str = "127.0.0.1",

@@ -30,6 +30,15 @@ CloudOpt = Annotated[str, typer.Option(
 LimitOpt = Annotated[int | None, typer.Option(help="Only the first N items")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print the JSON result")]
 Threads = Annotated[int | None, typer.Option(help="CPU threads (default: all cores)")]
+ProtocolOpt = Annotated[str, typer.Option(
+    help="loglik (choices scored by log-likelihood) or chat (both tiers generate an answer "
+         "to the chat message; tasks arc_easy, piqa, arith)")]
+SplitOpt = Annotated[str, typer.Option(
+    help="Chat protocol: the tune or report half of the items, or all")]
+KOpt = Annotated[int, typer.Option(
+    "--cascade-tokens", help="Chat protocol: the cascade's check after this many tokens")]
+CloudUrl = Annotated[str | None, typer.Option(
+    help="Chat protocol: an OpenAI-compatible cloud instead of the stand-in")]
 
 
 def load_rows(task: str, data: Path | None, data_dir: Path | None, limit: int | None,
@@ -51,6 +60,22 @@ def load_rows(task: str, data: Path | None, data_dir: Path | None, limit: int | 
         local_recs = run_items(_path(local), task, items, default_cache_dir(), threads, progress)
         cloud_recs = run_items(_path(cloud), task, items, default_cache_dir(), threads, progress)
     return build_rows(task, items, local_recs, cloud_recs)
+
+
+def load_chat_rows(task: str, data_dir: Path | None, limit: int | None, local: str,
+                   cloud: str, cloud_url: str | None, part: str, k: int, console: Console
+                   ) -> Any:
+    """A task's chat-protocol rows: both tiers' generated answers, graded."""
+    from tandem.optimize.commands import _progress
+    from tandem.optimize.evaluate import default_data_dir
+    from tandem.routing.chat_protocol import chat_items, chat_rows, collect, split
+    from tandem.routing.tasks import TASK_FILES, default_cache_dir
+
+    path = None if task == "arith" else (data_dir or default_data_dir()) / TASK_FILES[task]
+    items = split(chat_items(task, path, limit), part)
+    with _progress(console) as progress:
+        lo, cl = collect(task, items, local, cloud, cloud_url, default_cache_dir(), progress)
+    return chat_rows(task, items, lo, cl, k)
 
 
 def _table(result: dict[str, Any]) -> Table:
@@ -81,11 +106,15 @@ def register(app: typer.Typer, console: Console,
         router: Annotated[list[str] | None, typer.Option(
             help="Router to score (repeatable; default: all for the task)")] = None,
         local: LocalOpt = "smollm2",
-        cloud: CloudOpt = "gemma3-270m",
+        cloud: CloudOpt = "qwen2.5-coder-1.5b",
         folds: Annotated[int, typer.Option(help="Cross-fitting folds for learned routers")] = 5,
         plot: Annotated[Path | None, typer.Option(help="Write the curves as a PNG")] = None,
         out: Annotated[Path | None, typer.Option(help="Write the JSON result here")] = None,
         threads: Threads = None,
+        protocol: ProtocolOpt = "loglik",
+        split: SplitOpt = "report",
+        cascade_tokens: KOpt = 16,
+        cloud_url: CloudUrl = None,
         as_json: AsJson = False,
     ) -> None:
         """Score routers on a labeled task: APGR, CPT(50%), CPT(80%), AUROC, vs random/oracle."""
@@ -96,10 +125,21 @@ def register(app: typer.Typer, console: Console,
                 raise ConfigError("--folds must be at least 2.", param="folds")
             # With --json, stdout carries the JSON alone: progress goes to stderr.
             shown = Console(stderr=True) if as_json else console
-            rows = load_rows(task, data, data_dir, limit, local, cloud, threads, shown)
+            if protocol == "chat":
+                rows = load_chat_rows(task, data_dir, limit, local, cloud, cloud_url, split,
+                                      cascade_tokens, shown)
+            elif protocol == "loglik":
+                rows = load_rows(task, data, data_dir, limit, local, cloud, threads, shown)
+            else:
+                raise ConfigError(f"--protocol is loglik or chat, not {protocol!r}.",
+                                  param="protocol")
             result = evaluate_routers(rows, router, folds)
             result["models"] = ({"weak": "as labeled", "strong": "as labeled"} if task == "mmlu"
-                                else {"local": local, "cloud": cloud})
+                                else {"local": local, "cloud": cloud_url or cloud})
+            result["protocol"] = protocol
+            if protocol == "chat":
+                result["split"] = split
+                result["cascade_tokens"] = cascade_tokens
             if out is not None:
                 out.parent.mkdir(parents=True, exist_ok=True)
                 out.write_text(json.dumps(result, indent=1))
@@ -124,18 +164,30 @@ def register(app: typer.Typer, console: Console,
         data_dir: DataDir = None,
         limit: LimitOpt = None,
         local: LocalOpt = "smollm2",
-        cloud: CloudOpt = "gemma3-270m",
+        cloud: CloudOpt = "qwen2.5-coder-1.5b",
         threads: Threads = None,
+        protocol: ProtocolOpt = "chat",
+        split: SplitOpt = "tune",
+        cascade_tokens: KOpt = 16,
+        cloud_url: CloudUrl = None,
     ) -> None:
         """Train a router on every item of the given tasks and save it for the gateway."""
         from tandem.routing.evaluate import train_router
 
         with clear_errors():
-            rows = [load_rows(t, None, data_dir, limit, local, cloud, threads, console)
-                    for t in task]
+            if protocol == "chat":
+                rows = [load_chat_rows(t, data_dir, limit, local, cloud, cloud_url, split,
+                                       cascade_tokens, console) for t in task]
+            else:
+                rows = [load_rows(t, None, data_dir, limit, local, cloud, threads, console)
+                        for t in task]
             subset = None if features is None else [
                 f.strip() for f in features.split(",") if f.strip()]
             model = train_router(router, rows, subset)
+            model.meta["protocol"] = protocol
+            if protocol == "chat":
+                model.meta.update(split=split, cascade_tokens=cascade_tokens,
+                                  cloud=cloud_url or cloud, local=local)
             model.save(out)
         n = model.meta["n_items"]
         console.print(f"{router} router: {len(model.features)} features, trained on {n} items "

@@ -27,6 +27,49 @@ from numpy.typing import ArrayLike, NDArray
 from tandem.errors import ConfigError
 
 FORMAT = "tandem.router.v1"
+SUPPORT_QUANTILE = 0.001  # the training box: each feature's 0.1% to 99.9% range
+SUPPORT_TOLERANCE = 1  # features a known row may have outside the box
+
+
+@dataclass(frozen=True)
+class Support:
+    """Where the router has seen data: each feature's range over its training rows.
+
+    A row is *unknown* when more than ``tolerance`` of its features fall outside the range
+    (the 0.1% and 99.9% quantiles of the training rows, widened by a tenth of their span). A
+    linear model extrapolates without saying so: "Hi!" is shorter than any question it was
+    trained on, and its score there is the intercept's guess, not a measurement. The router
+    then abstains and leaves the decision to the next check.
+    """
+
+    low: NDArray[np.float64]
+    high: NDArray[np.float64]
+    tolerance: int = SUPPORT_TOLERANCE
+
+    @classmethod
+    def of(cls, x: NDArray[np.float64], tolerance: int = SUPPORT_TOLERANCE) -> Support:
+        low = np.quantile(x, SUPPORT_QUANTILE, axis=0)
+        high = np.quantile(x, 1 - SUPPORT_QUANTILE, axis=0)
+        pad = (high - low) * 0.1
+        return cls(low - pad, high + pad, tolerance)
+
+    def outside(self, x: NDArray[np.float64]) -> NDArray[np.int64]:
+        """How many of each row's features fall outside the training range."""
+        counts: NDArray[np.int64] = ((x < self.low) | (x > self.high)).sum(axis=1)
+        return counts
+
+    def knows(self, x: NDArray[np.float64]) -> NDArray[np.bool_]:
+        known: NDArray[np.bool_] = self.outside(x) <= self.tolerance
+        return known
+
+    def to_json(self) -> dict[str, Any]:
+        return {"low": self.low.tolist(), "high": self.high.tolist(),
+                "tolerance": self.tolerance}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Support:
+        return cls(np.asarray(data["low"], dtype=np.float64),
+                   np.asarray(data["high"], dtype=np.float64), int(data["tolerance"]))
 
 
 @dataclass
@@ -40,6 +83,7 @@ class LinearRouter:
     intercept: NDArray[np.float64]  # (n_classes,)
     classes: tuple[int, ...]
     meta: dict[str, Any] = field(default_factory=dict)
+    support: Support | None = None  # None: no range recorded, every row is known
 
     def matrix(self, rows: Sequence[Mapping[str, float]]) -> NDArray[np.float64]:
         try:
@@ -65,6 +109,10 @@ class LinearRouter:
     def score(self, row: Mapping[str, float]) -> float:
         return float(self.scores(self.matrix([row]))[0])
 
+    def knows(self, row: Mapping[str, float]) -> bool:
+        """Is ``row`` like the rows the router was trained on (see ``Support``)?"""
+        return self.support is None or bool(self.support.knows(self.matrix([row]))[0])
+
     @classmethod
     def fit(cls, rows: Sequence[Mapping[str, float]], gains: ArrayLike,
             features: Sequence[str], c: float = 1.0, meta: dict[str, Any] | None = None
@@ -86,7 +134,7 @@ class LinearRouter:
         model.fit((x - mean) / scale, y)
         return cls(tuple(features), mean, scale, np.asarray(model.coef_, dtype=np.float64),
                    np.asarray(model.intercept_, dtype=np.float64),
-                   tuple(int(k) for k in model.classes_), dict(meta or {}))
+                   tuple(int(k) for k in model.classes_), dict(meta or {}), Support.of(x))
 
     # -- artifact -----------------------------------------------------------------------------
 
@@ -100,6 +148,7 @@ class LinearRouter:
             "intercept": self.intercept.tolist(),
             "classes": list(self.classes),
             "meta": self.meta,
+            "support": None if self.support is None else self.support.to_json(),
         }
 
     @classmethod
@@ -115,9 +164,12 @@ class LinearRouter:
             np.asarray(data["intercept"], dtype=np.float64),
             tuple(int(c) for c in data["classes"]),
             dict(data.get("meta", {})),
+            Support.from_json(data["support"]) if data.get("support") else None,
         )
         n = len(router.features)
-        if router.coef.shape[1:] != (n,) or router.mean.shape != (n,):
+        support = router.support
+        if router.coef.shape[1:] != (n,) or router.mean.shape != (n,) or (
+                support is not None and support.low.shape != (n,)):
             raise ConfigError("The router file is inconsistent: coefficients and features differ.")
         return router
 

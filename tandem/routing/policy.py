@@ -6,10 +6,12 @@ Order of the checks for an ``auto`` request (the first that applies decides):
    or its breaker open) keeps the request local; a local model that is not ready (cold, loading)
    hands the request to a healthy cloud, which hides the load time.
 2. The prompt router (learned, before anything is generated): a high expected gain from the
-   cloud sends the request there at once.
+   cloud sends the request there at once. A prompt unlike its training prompts (outside the
+   router's ``Support``) is not scored: the router abstains and the cascade decides.
 3. The cascade: the local model starts; after its first ``cascade_tokens`` tokens (or its whole
    answer, when shorter) the cascade router scores its confidence, and the answer either goes
    on locally or is dropped and the request escalates. Clients never see the dropped part.
+   A start unlike the cascade router's training data stays local (``cascade_abstained``).
 
 Device pressure (heat, battery, memory, a throttled local model) adds ``device_bias`` to both
 routers' scores; hysteresis lowers the thresholds by ``hysteresis`` when the session's previous
@@ -193,7 +195,14 @@ class RoutingPolicy:
             features = prompt_features(ctx.prompt)
             score = cfg.prompt.router.score(features)
             scores["prompt"] = round(score, 4)
-            if score + shift > cfg.prompt.threshold:
+            if not cfg.prompt.router.knows(features):
+                # Unlike every prompt it was trained on: its score is extrapolation, and the
+                # decision is left to the cascade (or, without one, to the local default).
+                scores["prompt_abstained"] = 1.0
+                if cfg.mode == "prompt":
+                    return RouteDecision(Action.LOCAL, "prompt_router_abstained", scores,
+                                         threshold_shift=shift)
+            elif score + shift > cfg.prompt.threshold:
                 reason = "prompt_router" if pressure is None else f"prompt_router_{pressure}"
                 return RouteDecision(Action.CLOUD, reason, scores, threshold_shift=shift)
             if cfg.mode == "prompt":
@@ -214,8 +223,16 @@ class RoutingPolicy:
     def cascade_check(self, decision: RouteDecision, features: Mapping[str, float],
                       margin: float = 0.0) -> tuple[bool, float]:
         """(escalate?, score) for a cascade's local start with these confidence features;
-        ``margin`` lowers the threshold (the hedged mode's "borderline" test)."""
+        ``margin`` lowers the threshold (the hedged mode's "borderline" test). A start unlike
+        the router's training data (``cascade_knows`` false) never escalates: local first."""
         cascade = self.config.cascade
         assert cascade is not None
         score = cascade.router.score(features)
+        if not cascade.router.knows(features):
+            return False, score
         return score + decision.threshold_shift > cascade.threshold - margin, score
+
+    def cascade_knows(self, features: Mapping[str, float]) -> bool:
+        """Is this local start like the cascade router's training data?"""
+        cascade = self.config.cascade
+        return cascade is None or cascade.router.knows(features)

@@ -13,6 +13,7 @@ from tandem.cloud.client import CloudClient
 from tandem.cloud.standin import StandinCloud
 from tandem.cloud.stream import CloudCompletion
 from tandem.errors import CloudError
+from tandem.settings import load_settings
 
 
 @pytest.fixture
@@ -74,7 +75,7 @@ async def test_probe_is_healthy_with_an_rtt(standin_cloud: str) -> None:
 
 @pytest.mark.anyio
 async def test_killed_cloud_raises_and_opens_the_breaker() -> None:
-    with StandinCloud(port=0) as cloud:
+    with StandinCloud.from_settings(load_settings(), port=0) as cloud:
         client = CloudClient(cloud.base_url, failure_threshold=2, cooldown_s=60.0)
         assert (await client.chat(body(4))).text
         cloud.kill()
@@ -108,7 +109,7 @@ def test_a_broken_model_fails_to_start_with_the_log_tail(tmp_path: Path) -> None
 def test_a_busy_port_is_refused(standin_cloud: str) -> None:
     port = int(standin_cloud.rsplit(":", 1)[1].split("/")[0])
     with pytest.raises(CloudError, match="in use"):
-        StandinCloud(port=port).start()
+        StandinCloud(load_settings().standin_model, port=port).start()
 
 
 def test_command_line() -> None:

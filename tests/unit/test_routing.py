@@ -318,3 +318,63 @@ def test_read_prompts_formats(tmp_path: Path) -> None:
     f.write_text('{"other": 1}\n')
     with pytest.raises(ConfigError, match="no prompt field"):
         read_prompts(f)
+
+
+# -- support: routers abstain outside their training data ----------------------------------------
+
+
+def test_fit_records_the_training_range_and_it_round_trips(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    rows = [{"a": float(a), "b": float(b)} for a, b in rng.normal(size=(400, 2))]
+    gains = [int(r["a"] > 0) for r in rows]
+    router = LinearRouter.fit(rows, gains, ("a", "b"))
+    assert router.knows({"a": 0.1, "b": -0.2})
+    assert router.knows({"a": 9.0, "b": 0.0})  # one feature outside is tolerated
+    assert not router.knows({"a": 9.0, "b": -9.0})  # two are not
+    router.save(tmp_path / "r.json")
+    again = LinearRouter.load(tmp_path / "r.json")
+    assert again.support is not None and router.support is not None
+    assert np.allclose(again.support.low, router.support.low)
+    assert not again.knows({"a": 9.0, "b": -9.0})
+
+
+def test_a_router_without_a_recorded_range_knows_everything() -> None:
+    assert rule("log_chars", 1.0).knows({"log_chars": 1e9})
+
+
+def _outside_after(router: LinearRouter, low: float, high: float) -> LinearRouter:
+    from tandem.routing.model import Support
+
+    n = len(router.features)
+    router.support = Support(np.full(n, low), np.full(n, high), tolerance=0)
+    return router
+
+
+def test_the_prompt_router_abstains_on_a_prompt_unlike_its_training() -> None:
+    policy = RoutingPolicy(RoutingConfig(
+        mode="combined",
+        prompt=ScoredRouter(_outside_after(rule("log_chars", 1.0), 3.0, 9.0), 0.1),
+        cascade=ScoredRouter(rule("lp_mean", -1.0), 0.5), cascade_tokens=4,
+    ))
+    d = policy.decide(ctx(prompt="Hi!"))  # log_chars 1.4: shorter than anything seen
+    assert d.action == Action.CASCADE  # the score (0.8 > 0.1) would have escalated
+    assert d.scores["prompt_abstained"] == 1.0 and d.scores["prompt"] > 0.1
+    d = policy.decide(ctx(prompt="x" * 200))  # inside the range: the router decides
+    assert (d.action, d.reason) == (Action.CLOUD, "prompt_router")
+    only = policy.with_mode("prompt")
+    d = only.decide(ctx(prompt="Hi!"))
+    assert (d.action, d.reason) == (Action.LOCAL, "prompt_router_abstained")
+
+
+def test_the_cascade_never_escalates_a_start_unlike_its_training() -> None:
+    policy = RoutingPolicy(RoutingConfig(
+        mode="cascade",
+        cascade=ScoredRouter(_outside_after(rule("lp_mean", -1.0), -4.0, 0.0), 0.5),
+        cascade_tokens=4,
+    ))
+    d = policy.decide(ctx())
+    assert policy.cascade_check(d, {"lp_mean": -3.0})[0] is True  # unsure and known
+    escalate, score = policy.cascade_check(d, {"lp_mean": -9.0})
+    assert escalate is False and score > 0.5  # unsure, but never seen: stays local
+    assert not policy.cascade_knows({"lp_mean": -9.0})
+    assert policy.cascade_knows({"lp_mean": -1.0})
