@@ -352,6 +352,35 @@ def bench_standin(
         console.print(f"[bold]{g['prompt']}[/bold] → {g['answer'][:120]!r}")
 
 
+@bench_app.command("routing-sanity")
+def bench_routing_sanity(
+    config: Annotated[Path | None, typer.Option(
+        help="Routing config (default: the shipped one)")] = None,
+    data_dir: Annotated[Path | None, typer.Option(
+        help="Evaluation data folder, for MT-Bench (default: $TANDEM_DATA_DIR or ../shared/data)"
+    )] = None,
+    as_json: AsJson = False,
+    out: BenchOut = None,
+) -> None:
+    """Which everyday prompts the routing policy escalates: small talk, task categories."""
+    from bench.routing_sanity import run_routing_sanity
+    from tandem.optimize.evaluate import default_data_dir
+
+    with _clear_errors():
+        result = run_routing_sanity(data_dir or default_data_dir(), config,
+                                    out or _results("routing_sanity"), console)
+    if as_json:
+        _emit(result, as_json)
+        return
+    for group, r in result["groups"].items():
+        console.print(f"{group:24s} n={r['n']:3d} escalated {r['escalated']:.0%}  abstained: "
+                      f"prompt {r['prompt_abstained']:.0%}, cascade {r['cascade_abstained']:.0%}")
+    for key in ("task", "mt_bench"):
+        if key in result:
+            console.print(f"{key}: {result[key]}")
+    console.print(f"small talk local: {result.get('small_talk_local')}")
+
+
 @bench_app.command("router")
 def bench_router(
     quick: Annotated[bool, typer.Option(help="Fewer timed decisions")] = False,

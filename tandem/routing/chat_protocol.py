@@ -109,6 +109,7 @@ _STATED = re.compile(
     r"\b(?:answer|option|choice)\s*(?:is|would be|:)?\s*\**\s*\(?([A-H])\b(?![a-z'])")
 _LINE_LETTER = re.compile(r"^\W{0,3}\(?([A-H])(?:[).:]|\s*$)", re.M)
 _BOLD_LETTER = re.compile(r"\*\*\(?([A-H])[).:*]")
+_BOXED_LETTER = re.compile(r"\\boxed\{\s*(?:\\text\{)?\(?([A-H])\)?")
 
 
 def grade(item: Item, answer: str) -> bool:
@@ -130,14 +131,14 @@ def grade(item: Item, answer: str) -> bool:
 def choice_of(item: Item, answer: str) -> int | None:
     """The option an answer picks, or None when it picks none or several.
 
-    In order: a stated letter ("the answer is B"); the one letter that starts a line ("B. ...",
-    an answer that repeats several options starts several lines and picks nothing); a bold
-    letter; the one option whose text the answer contains.
+    In order: a stated letter ("the answer is B", "\\boxed{B}"); the one letter that starts
+    a line ("B. ...", an answer that repeats several options starts several lines and picks
+    nothing); a bold letter; the one option whose text the answer contains.
     """
     choices: list[str] = item.fields["choices"]
     valid = LETTERS[: len(choices)]
     text = answer.strip()
-    stated = [m for m in _STATED.findall(text) if m in valid]
+    stated = [m for m in _BOXED_LETTER.findall(text) + _STATED.findall(text) if m in valid]
     if stated:
         return valid.index(stated[0])
     lines = {m for m in _LINE_LETTER.findall(text) if m in valid}

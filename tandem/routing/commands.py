@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -25,8 +26,11 @@ DataDir = Annotated[Path | None, typer.Option(
     help="Folder with the evaluation data (default: $TANDEM_DATA_DIR or ../shared/data next "
          "to the source checkout)")]
 LocalOpt = Annotated[str, typer.Option(help="Local model: bundled name or GGUF path")]
-CloudOpt = Annotated[str, typer.Option(
-    help="The 'cloud' model, run here on the same items: bundled name or GGUF path")]
+CloudOpt = Annotated[str | None, typer.Option(
+    help="The 'cloud' model, run here on the same items: bundled name or GGUF path (default: "
+         "the stand-in's qwen2.5-coder-1.5b for the chat protocol, gemma3-270m for loglik, "
+         "as in docs/routing.md)")]
+CHAT_CLOUD, LOGLIK_CLOUD = "qwen2.5-coder-1.5b", "gemma3-270m"
 LimitOpt = Annotated[int | None, typer.Option(help="Only the first N items")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print the JSON result")]
 Threads = Annotated[int | None, typer.Option(help="CPU threads (default: all cores)")]
@@ -106,7 +110,7 @@ def register(app: typer.Typer, console: Console,
         router: Annotated[list[str] | None, typer.Option(
             help="Router to score (repeatable; default: all for the task)")] = None,
         local: LocalOpt = "smollm2",
-        cloud: CloudOpt = "qwen2.5-coder-1.5b",
+        cloud: CloudOpt = None,
         folds: Annotated[int, typer.Option(help="Cross-fitting folds for learned routers")] = 5,
         plot: Annotated[Path | None, typer.Option(help="Write the curves as a PNG")] = None,
         out: Annotated[Path | None, typer.Option(help="Write the JSON result here")] = None,
@@ -115,6 +119,9 @@ def register(app: typer.Typer, console: Console,
         split: SplitOpt = "report",
         cascade_tokens: KOpt = 16,
         cloud_url: CloudUrl = None,
+        routing_config: Annotated[Path | None, typer.Option(
+            help="Chat protocol: also score this routing config's routers as trained "
+                 "(shipped-prompt, shipped-cascade; 'shipped' for the shipped config)")] = None,
         as_json: AsJson = False,
     ) -> None:
         """Score routers on a labeled task: APGR, CPT(50%), CPT(80%), AUROC, vs random/oracle."""
@@ -125,6 +132,7 @@ def register(app: typer.Typer, console: Console,
                 raise ConfigError("--folds must be at least 2.", param="folds")
             # With --json, stdout carries the JSON alone: progress goes to stderr.
             shown = Console(stderr=True) if as_json else console
+            cloud = cloud or (CHAT_CLOUD if protocol == "chat" else LOGLIK_CLOUD)
             if protocol == "chat":
                 rows = load_chat_rows(task, data_dir, limit, local, cloud, cloud_url, split,
                                       cascade_tokens, shown)
@@ -133,7 +141,17 @@ def register(app: typer.Typer, console: Console,
             else:
                 raise ConfigError(f"--protocol is loglik or chat, not {protocol!r}.",
                                   param="protocol")
-            result = evaluate_routers(rows, router, folds)
+            fixed = {}
+            if routing_config is not None:
+                from tandem.routing.policy import RoutingConfig
+
+                cfg = RoutingConfig.load(None if str(routing_config) == "shipped"
+                                         else routing_config)
+                if cfg.prompt is not None:
+                    fixed["shipped-prompt"] = cfg.prompt.router
+                if cfg.cascade is not None and protocol == "chat":
+                    fixed["shipped-cascade"] = cfg.cascade.router
+            result = evaluate_routers(rows, router, folds, fixed=fixed)
             result["models"] = ({"weak": "as labeled", "strong": "as labeled"} if task == "mmlu"
                                 else {"local": local, "cloud": cloud_url or cloud})
             result["protocol"] = protocol
@@ -164,7 +182,7 @@ def register(app: typer.Typer, console: Console,
         data_dir: DataDir = None,
         limit: LimitOpt = None,
         local: LocalOpt = "smollm2",
-        cloud: CloudOpt = "qwen2.5-coder-1.5b",
+        cloud: CloudOpt = None,
         threads: Threads = None,
         protocol: ProtocolOpt = "chat",
         split: SplitOpt = "tune",
@@ -175,6 +193,7 @@ def register(app: typer.Typer, console: Console,
         from tandem.routing.evaluate import train_router
 
         with clear_errors():
+            cloud = cloud or (CHAT_CLOUD if protocol == "chat" else LOGLIK_CLOUD)
             if protocol == "chat":
                 rows = [load_chat_rows(t, data_dir, limit, local, cloud, cloud_url, split,
                                        cascade_tokens, console) for t in task]
@@ -213,6 +232,9 @@ def register(app: typer.Typer, console: Console,
                  "before generation (the cascade makes the rest)")] = 0.5,
         model: Annotated[str, typer.Option(help="Local model for the cascade's confidence")]
         = "smollm2",
+        cascade_tokens: Annotated[int | None, typer.Option(
+            "--cascade-tokens", help="The cascade's check after this many tokens (default: "
+            "the K the cascade router was trained at, else the config's)")] = None,
         data_dir: DataDir = None,
         out: Annotated[Path, typer.Option(help="Routing config to write")] = Path(
             "routing.json"),
@@ -227,6 +249,10 @@ def register(app: typer.Typer, console: Console,
 
         with clear_errors():
             base = with_routers(config, prompt_router, cascade_router)
+            trained_k = None if base.cascade is None else base.cascade.router.meta.get(
+                "cascade_tokens")
+            k = cascade_tokens or trained_k or base.cascade_tokens
+            base = replace(base, cascade_tokens=int(k))
             texts = read_prompts(prompts, data_dir)
             shown = Console(stderr=True) if as_json else console
             result = run(base, texts, target_cloud_rate, mode, prompt_share, model, shown)

@@ -186,9 +186,13 @@ def router_scores(name: str, rows: TaskRows, folds: int) -> np.ndarray:
 
 
 def evaluate_routers(rows: TaskRows, names: Sequence[str] | None = None, folds: int = 5,
-                     curve_points: int = 101) -> dict[str, Any]:
-    """Every router's summary and curve (sampled at ``curve_points`` fractions)."""
+                     curve_points: int = 101, fixed: Mapping[str, LinearRouter] | None = None
+                     ) -> dict[str, Any]:
+    """Every router's summary and curve (sampled at ``curve_points`` fractions).
+
+    ``fixed`` adds already trained routers (e.g. the shipped ones), scored as they are."""
     names = list(names) if names else router_names(rows)
+    names += list(fixed or {})
     grid = np.linspace(0, 1, curve_points)
     out: dict[str, Any] = {
         "task": rows.task,
@@ -205,6 +209,14 @@ def evaluate_routers(rows: TaskRows, names: Sequence[str] | None = None, folds: 
             curve = [round(float(rows.local_ok.mean() + f * (rows.cloud_ok.mean()
                                                                - rows.local_ok.mean())), 4)
                      for f in grid]
+        elif fixed and name in fixed:
+            scores = fixed[name].scores(fixed[name].matrix(rows.features))
+            summary = score_router(scores.tolist(), rows.local_ok.tolist(),
+                                   rows.cloud_ok.tolist())
+            summary["knows"] = round(float(np.mean(
+                [fixed[name].knows(f) for f in rows.features])), 4)
+            c = deferral_curve(scores, rows.local_ok, rows.cloud_ok)
+            curve = [round(c.quality_at(float(f)), 4) for f in grid]
         else:
             scores = router_scores(name, rows, folds)
             summary = score_router(scores.tolist(), rows.local_ok.tolist(),

@@ -38,6 +38,8 @@ def test_the_question_is_asked_with_lettered_options() -> None:
     ("The correct answer is B. turn off all equipment.", 1),
     ("The last action is:\n\nD. wash instruments and table tops", 3),
     ("The answer is: **C**", 2),
+    ("Meiosis happens in the ovaries.\n\nTherefore, the correct answer is \\boxed{C}.", 2),
+    ("So: \\boxed{B}", 1),
     ("**A)** wash hands", 0),
     ("Before leaving, always turn off all equipment.", 1),  # the one option it names
     ("A. wash hands\nB. turn off all equipment\nC. put away", None),  # repeats the options

@@ -378,3 +378,21 @@ def test_the_cascade_never_escalates_a_start_unlike_its_training() -> None:
     assert escalate is False and score > 0.5  # unsure, but never seen: stays local
     assert not policy.cascade_knows({"lp_mean": -9.0})
     assert policy.cascade_knows({"lp_mean": -1.0})
+
+
+def test_a_fixed_router_is_scored_as_trained_with_its_abstention_share() -> None:
+    rng = np.random.default_rng(5)
+    items = [Item(f"{i:016x}", f"q {i}", {"choices": ["a", "b"], "gold": 0}) for i in range(200)]
+    local = {it.key: {"ll": list(rng.normal(size=2)), "ll_uncond": [0.0, 0.0], "n_bytes": [2, 2],
+                      "n_tokens": [1, 1], "correct": int(rng.random() < 0.3)} for it in items}
+    cloud = {it.key: {"correct": int(rng.random() < 0.7)} for it in items}
+    rows = build_rows("arc_easy", items, local, cloud)
+    perfect = rows.gains.astype(float)  # a router that knows the labels: APGR near the oracle's
+    for f, g in zip(rows.features, perfect, strict=True):
+        f["label"] = g
+    oracle_like = _outside_after(rule("label", 5.0), -0.5, 2.0)  # gains of -1 are "unknown"
+    result = evaluate_routers(rows, ["random", "oracle"], folds=2,
+                              fixed={"label-router": oracle_like})
+    got = result["routers"]["label-router"]
+    assert got["apgr"] > result["routers"]["random"]["apgr"] + 0.2
+    assert got["knows"] == pytest.approx(float(np.mean(rows.gains >= 0)))
