@@ -63,8 +63,9 @@ def chat_items(task: str, path: Path | None = None, limit: int | None = None,
     for it in load_task(task, path, limit):
         choices = [str(c) for c in it.fields["choices"]]
         prompt = mc_question(it.prompt, choices)
-        fields = {"choices": choices, "gold": int(it.fields["gold"]), "kind": "choice"}
-        items.append(Item(it.key, prompt, fields, task))
+        fields = {"choices": choices, "gold": int(it.fields["gold"]), "kind": "choice",
+                  "task": task}
+        items.append(Item(it.key, prompt, fields))  # no group: folds are by item
     return items
 
 
@@ -97,8 +98,8 @@ def arith_items(n: int, seed: int = 0) -> list[Item]:
         else:
             a, b = rng.randint(1, 9), rng.randint(1, 9)
             prompt, gold = f"What is {a} plus {b}?", a + b
-        fields = {"gold_number": gold, "kind": "number", "family": family}
-        out.append(Item(item_key(["arith", seed, i, prompt]), prompt, fields, "arith"))
+        fields = {"gold_number": gold, "kind": "number", "family": family, "task": "arith"}
+        out.append(Item(item_key(["arith", seed, i, prompt]), prompt, fields))
     return out
 
 
@@ -188,7 +189,7 @@ def run_local(engine: Any, items: Sequence[Item], cache: ItemCache,
         cache.append(item.key, rec)
         records[item.key] = rec
         if progress is not None:
-            progress(f"{item.group} · local", n + 1, len(todo))
+            progress(f"{item.fields.get('task', '')} · local", n + 1, len(todo))
     return {it.key: records[it.key] for it in items}
 
 
@@ -213,7 +214,7 @@ def run_cloud(base_url: str, items: Sequence[Item], cache: ItemCache,
             cache.append(item.key, rec)
             records[item.key] = rec
             if progress is not None:
-                progress(f"{item.group} · cloud", n + 1, len(todo))
+                progress(f"{item.fields.get('task', '')} · cloud", n + 1, len(todo))
     return {it.key: records[it.key] for it in items}
 
 
