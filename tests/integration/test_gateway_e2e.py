@@ -92,7 +92,8 @@ def test_killing_the_cloud_mid_run_loses_no_request() -> None:
     # auto requests kept going locally, whatever the cascade made of their confidence
     auto_reasons = {reason for i, (_, _, reason) in enumerate(results) if i >= 3 and i % 2}
     assert auto_reasons <= {"cloud_failed", "cloud_unavailable", "cascade_confident",
-                            "cascade_abstained"}, reasons
+                            "cascade_abstained", "prompt_router_local",
+                            "prompt_router_abstained"}, reasons
 
 
 def _run_while_killing(url: str, standin: StandinCloud) -> list[tuple[int, str, str]]:

@@ -30,8 +30,9 @@ PROMPTS = [
 def config_with_cut(tmp_path: Path, cut: float, name: str) -> Path:
     shipped = RoutingConfig.load()
     assert shipped.cascade is not None
-    cfg = replace(shipped, mode="cascade", hysteresis=0.0,
-                  cascade=ScoredRouter(shipped.cascade.router, cut))
+    # No training range: these tests are about what an escalation does, not about abstaining.
+    router = replace(shipped.cascade.router, support=None)
+    cfg = replace(shipped, mode="cascade", hysteresis=0.0, cascade=ScoredRouter(router, cut))
     path = tmp_path / name
     cfg.save(path)
     return path
@@ -81,7 +82,8 @@ def test_shipped_policy_answers_from_the_tier_it_names(standin_cloud: str) -> No
             tier, reason = headers["x-tandem-route"], headers["x-tandem-reason"]
             assert final == {"route": tier, "reason": reason}
             assert reason in {"cascade_confident", "cascade_low_confidence", "cascade_abstained",
-                              "prompt_router"}
+                              "prompt_router", "prompt_router_local",
+                              "prompt_router_abstained"}
             _, direct, _ = stream(url, prompt, route=tier)
             assert text == direct, (prompt, tier, reason)
             seen.add(reason)
