@@ -278,7 +278,11 @@ def test_config_round_trip_and_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="Cannot read"):
         RoutingConfig.load(tmp_path / "missing.json")
     shipped = RoutingConfig.load()
-    assert shipped.mode in ("combined", "cascade")
+    assert shipped.mode == "prompt"
+    # both routers ship, each with its training range, so every mode can be switched on
+    assert shipped.prompt is not None and shipped.prompt.router.support is not None
+    assert shipped.cascade is not None and shipped.cascade.router.support is not None
+    assert shipped.cascade.router.meta["cascade_tokens"] == shipped.cascade_tokens
 
 
 # -- device -------------------------------------------------------------------------------------
