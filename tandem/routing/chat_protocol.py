@@ -21,6 +21,7 @@ than read from a file because the dev data has no free-form items with gold answ
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import random
 import re
@@ -186,11 +187,18 @@ def run_local(engine: Any, items: Sequence[Item], cache: ItemCache,
         rec = {"pieces": pieces, "logprobs": logprobs, "answer": answer,
                "correct": int(grade(item, answer)), "ttft_s": round(first or 0.0, 4),
                "seconds": round(time.perf_counter() - started, 4)}
-        cache.append(item.key, rec)
-        records[item.key] = rec
-        if progress is not None:
-            progress(f"{item.fields.get('task', '')} · local", n + 1, len(todo))
+        _store(cache, records, item, rec, progress, "local", n + 1, len(todo))
     return {it.key: records[it.key] for it in items}
+
+
+def _store(cache: ItemCache, records: dict[str, dict[str, Any]], item: Item,
+           rec: dict[str, Any], progress: Progress | None, tier: str, done: int, total: int
+           ) -> None:
+    """Keep one item's record (on disk and in ``records``) and report progress."""
+    cache.append(item.key, rec)
+    records[item.key] = rec
+    if progress is not None:
+        progress(f"{item.fields.get('task', '')} · {tier}", done, total)
 
 
 def run_cloud(base_url: str, items: Sequence[Item], cache: ItemCache,
@@ -211,10 +219,7 @@ def run_cloud(base_url: str, items: Sequence[Item], cache: ItemCache,
             answer = r.json()["choices"][0]["message"]["content"] or ""
             rec = {"answer": answer, "correct": int(grade(item, answer)),
                    "seconds": round(time.perf_counter() - started, 4)}
-            cache.append(item.key, rec)
-            records[item.key] = rec
-            if progress is not None:
-                progress(f"{item.fields.get('task', '')} · cloud", n + 1, len(todo))
+            _store(cache, records, item, rec, progress, "cloud", n + 1, len(todo))
     return {it.key: records[it.key] for it in items}
 
 
@@ -278,6 +283,20 @@ def iter_tasks(tasks: Sequence[str]) -> Iterator[str]:
         yield t
 
 
+def _model_sha(path: Path) -> str:
+    """The model file's SHA-256, hashed once per process and file version (the stand-in's
+    file is 1.1 GB: seconds per hash, and every task's records are keyed by it)."""
+    st = path.stat()
+    return _sha_of(str(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.cache
+def _sha_of(path: str, size: int, mtime_ns: int) -> str:
+    from tandem.optimize.gguf_io import file_sha256
+
+    return file_sha256(Path(path))
+
+
 def collect(task: str, items: Sequence[Item], local_model: str, cloud_model: str,
             cloud_url: str | None, cache_dir: Path, progress: Progress | None = None
             ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
@@ -290,11 +309,10 @@ def collect(task: str, items: Sequence[Item], local_model: str, cloud_model: str
     from tandem.catalog import resolve_model
     from tandem.cloud.standin import StandinCloud
     from tandem.local.engine import LocalEngine
-    from tandem.optimize.gguf_io import file_sha256
     from tandem.settings import load_settings
 
     path, chat_format = resolve_model(local_model)
-    cache = ItemCache(cache_dir, file_sha256(path), f"{task}-{CHAT_PROTOCOL}")
+    cache = ItemCache(cache_dir, _model_sha(path), f"{task}-{CHAT_PROTOCOL}")
     if any(it.key not in cache.load() for it in items):
         engine = LocalEngine(load_settings(keep_alive_s=None), path, chat_format)
         engine.start()
@@ -309,7 +327,7 @@ def collect(task: str, items: Sequence[Item], local_model: str, cloud_model: str
         cloud_cache = ItemCache(cache_dir, name, f"{task}-{CHAT_PROTOCOL}")
         return local, run_cloud(cloud_url, items, cloud_cache, progress)
     cloud_path, _ = resolve_model(cloud_model)
-    cloud_cache = ItemCache(cache_dir, file_sha256(cloud_path), f"{task}-{CHAT_PROTOCOL}")
+    cloud_cache = ItemCache(cache_dir, _model_sha(cloud_path), f"{task}-{CHAT_PROTOCOL}")
     if all(it.key in cloud_cache.load() for it in items):
         return local, run_cloud("http://unused", items, cloud_cache, progress)
     with StandinCloud(cloud_model, port=0, n_ctx=2048) as standin:
