@@ -1,8 +1,9 @@
 """How the shipped routing config is built: ``python -m bench.routing_build [--out PATH]``.
 
 Everything is chosen on the *tune* half of the chat-protocol items (route-eval's chat protocol:
-ARC-Easy and PIQA with lettered options, arithmetic questions; both tiers generate, answers
-graded) and on a separate calibration set of small talk (``tandem/routing/
+ARC-Easy and PIQA with lettered options, arithmetic questions, coding tasks checked by tests,
+writing requests checked for a done task; both tiers generate, answers graded) and on a
+separate calibration set of small talk (``tandem/routing/
 small_talk_calibration.txt``); the report half, the held-out small-talk and task prompts in
 tests/data and MT-Bench are left for the reported figures.
 
@@ -29,20 +30,19 @@ import numpy as np
 
 from tandem.routing.chat_protocol import (
     cascade_features,
-    chat_items,
     chat_rows,
     collect,
-    split,
+    task_items,
 )
 from tandem.routing.evaluate import cross_fit, train_router
 from tandem.routing.model import threshold_for_rate
 from tandem.routing.policy import RoutingConfig, ScoredRouter
 from tandem.routing.signals import prompt_features
-from tandem.routing.tasks import TASK_FILES, default_cache_dir
+from tandem.routing.tasks import default_cache_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 CALIBRATION = ROOT / "tandem" / "routing" / "small_talk_calibration.txt"
-LIMITS = {"arc_easy": 160, "piqa": 160, "arith": 120}
+LIMITS = {"code": 80, "writing": 120, "arc_easy": 160, "piqa": 160, "arith": 120}
 KS = (4, 8, 16, 32)
 SMALL_TALK_RATE = 0.02
 CLOUD = "qwen2.5-coder-1.5b"
@@ -76,8 +76,7 @@ def local_starts(prompts: list[str], tokens: int) -> list[dict[str, Any]]:
 def build(data_dir: Path, out: Path) -> dict[str, Any]:
     recs = {}
     for task, limit in LIMITS.items():
-        path = None if task == "arith" else data_dir / TASK_FILES[task]
-        items = split(chat_items(task, path, limit), "tune")
+        items = task_items(task, data_dir, limit, "tune")
         recs[task] = (items, *collect(task, items, "smollm2", CLOUD, None, default_cache_dir()))
     calibration = CALIBRATION.read_text().splitlines()
     starts = local_starts(calibration, max(KS))

@@ -21,11 +21,10 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
-from tandem.routing.chat_protocol import chat_items, collect, grade, split
-from tandem.routing.tasks import TASK_FILES, Item, default_cache_dir
+from tandem.routing.chat_families import CONTROL_TEXT
+from tandem.routing.chat_protocol import collect, grade, task_items
+from tandem.routing.tasks import Item, default_cache_dir
 
-CONTROL_TEXT = ("<|im_start|>", "<|im_end|>", "<|endoftext|>", "<start_of_turn>",
-                "<end_of_turn>", "<|assistant|>", "<|user|>", "<eos>", "<bos>")
 GREETINGS = ("Hello!", "Good morning, how are you today?", "Thank you, that was helpful.",
              "Say hello.", "Have a nice weekend!")
 
@@ -88,8 +87,7 @@ def run_standin_bench(data_dir: Path, quick: bool, out: Path, console: Console,
                               "protocol": "chat", "tasks": {}}
     pooled: list[float] = []
     for task, limit in limits.items():
-        path = None if task == "arith" else data_dir / TASK_FILES[task]
-        items = split(chat_items(task, path, limit), "report")
+        items = task_items(task, data_dir, limit, "report")
         console.print(f"[dim]{task}: {len(items)} items (report half)…[/dim]")
         local, cloud = collect(task, items, local_model, cloud_model, None,
                                default_cache_dir())

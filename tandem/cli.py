@@ -7,7 +7,7 @@ import contextlib
 import json
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -31,6 +31,12 @@ AsJson = Annotated[bool, typer.Option("--json", help="Print the JSON result")]
 BenchOut = Annotated[
     Path | None, typer.Option(help="Where to write the JSON (default: bench/results/NAME.json)")
 ]
+
+
+RoutingConfigOpt = Annotated[Path | None, typer.Option(
+    "--config", help="Routing config (default: the shipped one)")]
+DataDirOpt = Annotated[Path | None, typer.Option(
+    help="Evaluation data folder (default: $TANDEM_DATA_DIR or ../shared/data)")]
 
 
 def _results(name: str) -> Path:
@@ -317,8 +323,7 @@ def bench_privacy(
 @bench_app.command("standin")
 def bench_standin(
     quick: Annotated[bool, typer.Option(help="A third of the items")] = False,
-    data_dir: Annotated[Path | None, typer.Option(
-        help="Evaluation data folder (default: $TANDEM_DATA_DIR or ../shared/data)")] = None,
+    data_dir: DataDirOpt = None,
     as_json: AsJson = False,
     out: BenchOut = None,
 ) -> None:
@@ -352,25 +357,32 @@ def bench_standin(
         console.print(f"[bold]{g['prompt']}[/bold] → {g['answer'][:120]!r}")
 
 
+def _routing_bench(run: Callable[..., dict[str, Any]], name: str, config: Path | None,
+                   data_dir: Path | None, out: Path | None, as_json: bool
+                   ) -> dict[str, Any] | None:
+    """Run a bench of a routing config over the evaluation data; None once printed as JSON."""
+    from tandem.optimize.evaluate import default_data_dir
+
+    with _clear_errors():
+        result = run(data_dir or default_data_dir(), config, out or _results(name), console)
+    if as_json:
+        _emit(result, as_json)
+        return None
+    return result
+
+
 @bench_app.command("routing-sanity")
 def bench_routing_sanity(
-    config: Annotated[Path | None, typer.Option(
-        help="Routing config (default: the shipped one)")] = None,
-    data_dir: Annotated[Path | None, typer.Option(
-        help="Evaluation data folder, for MT-Bench (default: $TANDEM_DATA_DIR or ../shared/data)"
-    )] = None,
+    config: RoutingConfigOpt = None,
+    data_dir: DataDirOpt = None,
     as_json: AsJson = False,
     out: BenchOut = None,
 ) -> None:
     """Which everyday prompts the routing policy escalates: small talk, task categories."""
     from bench.routing_sanity import run_routing_sanity
-    from tandem.optimize.evaluate import default_data_dir
 
-    with _clear_errors():
-        result = run_routing_sanity(data_dir or default_data_dir(), config,
-                                    out or _results("routing_sanity"), console)
-    if as_json:
-        _emit(result, as_json)
+    result = _routing_bench(run_routing_sanity, "routing_sanity", config, data_dir, out, as_json)
+    if result is None:
         return
     for group, r in result["groups"].items():
         console.print(f"{group:24s} n={r['n']:3d} escalated {r['escalated']:.0%}  abstained: "
@@ -379,6 +391,26 @@ def bench_routing_sanity(
         if key in result:
             console.print(f"{key}: {result[key]}")
     console.print(f"small talk local: {result.get('small_talk_local')}")
+
+
+@bench_app.command("hedge")
+def bench_hedge(
+    config: RoutingConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    as_json: AsJson = False,
+    out: BenchOut = None,
+) -> None:
+    """The hedged cascade: early cloud calls started, wasted and used, and time saved."""
+    from bench.hedge import run_hedge_bench
+
+    result = _routing_bench(run_hedge_bench, "hedge", config, data_dir, out, as_json)
+    if result is None:
+        return
+    console.print(f"K = {result['cascade_tokens']}, hedge after {result['hedge_at']} tokens, "
+                  f"{result['n_requests']} requests, {result['escalated']:.1%} escalated")
+    for b in result["bands"]:
+        console.print(f"band {b['band']:<5} started {b['started']:.1%}  wasted {b['wasted']:.1%}"
+                      f"  used {b['used_of_escalations']}  saved {b['saved_ms_median']} ms")
 
 
 @bench_app.command("router")

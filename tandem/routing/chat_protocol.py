@@ -16,7 +16,9 @@ default). Records are cached per model and item, as for the log-likelihood proto
 ``arith`` is a seeded generator of arithmetic questions (products of two-digit numbers, change
 from a purchase, distance from speed and time, sums of small numbers): free-form questions with
 a checkable answer, where a larger model's gain is real and measurable; it is built here rather
-than read from a file because the dev data has no free-form items with gold answers.
+than read from a file because the dev data has no free-form items with gold answers. ``code``
+and ``writing`` (``chat_families``) are the free-form requests chat traffic is made of: small
+Python functions checked by running tests, and everyday writing checked for a done task.
 """
 
 from __future__ import annotations
@@ -33,10 +35,17 @@ from typing import Any
 import numpy as np
 
 from tandem.errors import ConfigError
+from tandem.routing.chat_families import (
+    CODE_MAX_TOKENS,
+    GRADERS,
+    WRITING_MAX_TOKENS,
+    code_items,
+    writing_items,
+)
 from tandem.routing.signals import RunningConfidence, prompt_features
 from tandem.routing.tasks import Item, ItemCache, Progress, item_key, load_task
 
-CHAT_TASKS = ("arc_easy", "piqa", "arith")
+CHAT_TASKS = ("arc_easy", "piqa", "arith", "code", "writing")
 CHAT_PROTOCOL = "chat1"
 LETTERS = "ABCDEFGH"
 MC_MAX_TOKENS = 64  # a lettered answer after a sentence of preamble; more than any K measured
@@ -54,8 +63,9 @@ def mc_question(query: str, choices: Sequence[str]) -> str:
 def chat_items(task: str, path: Path | None = None, limit: int | None = None,
                seed: int = 0) -> list[Item]:
     """A task's items in chat form: ``prompt`` is the user message, ``fields`` hold the gold."""
-    if task == "arith":
-        return arith_items(limit or 400, seed)
+    generated = {"arith": arith_items, "code": code_items, "writing": writing_items}
+    if task in generated:
+        return generated[task](limit or 400, seed)
     if task not in CHAT_TASKS:
         raise ConfigError(f"The chat protocol has the tasks {', '.join(CHAT_TASKS)}, not "
                           f"{task!r}.", param="task")
@@ -116,7 +126,9 @@ _BOXED_LETTER = re.compile(r"\\boxed\{\s*(?:\\text\{)?\(?([A-H])\)?")
 
 def grade(item: Item, answer: str) -> bool:
     """Is ``answer`` right? A letter (or exactly one choice's text) for a choice item, the
-    final number for an arithmetic one."""
+    final number for an arithmetic one; passing tests for code, a done task for writing."""
+    if item.fields["kind"] in GRADERS:
+        return GRADERS[item.fields["kind"]](item, answer)
     if item.fields["kind"] == "number":
         boxed = re.findall(r"\\boxed\{([^}]*)\}", answer)
         pool = boxed[-1] if boxed else answer
@@ -159,7 +171,8 @@ def choice_of(item: Item, answer: str) -> int | None:
 # -- running the tiers -------------------------------------------------------------------------
 
 def max_tokens_for(item: Item) -> int:
-    return ARITH_MAX_TOKENS if item.fields["kind"] == "number" else MC_MAX_TOKENS
+    return {"number": ARITH_MAX_TOKENS, "code": CODE_MAX_TOKENS,
+            "writing": WRITING_MAX_TOKENS}.get(item.fields["kind"], MC_MAX_TOKENS)
 
 
 def run_local(engine: Any, items: Sequence[Item], cache: ItemCache,
@@ -251,6 +264,14 @@ def chat_rows(task: str, items: Sequence[Item], local: dict[str, dict[str, Any]]
     return TaskRows(task, list(items), feats, lo, cl, GENERATION_FEATURES)
 
 
+def task_items(task: str, data_dir: Path, limit: int | None, part: str) -> list[Item]:
+    """The ``part`` half of a chat task's first ``limit`` items (a dev file's, or generated)."""
+    from tandem.routing.tasks import TASK_FILES
+
+    path = data_dir / TASK_FILES[task] if task in TASK_FILES else None
+    return split(chat_items(task, path, limit), part)
+
+
 def split(items: Sequence[Item], part: str) -> list[Item]:
     """The ``tune`` or ``report`` half of the items (by item hash, fixed)."""
     if part not in ("tune", "report", "all"):
@@ -297,6 +318,25 @@ def _sha_of(path: str, size: int, mtime_ns: int) -> str:
     return file_sha256(Path(path))
 
 
+def collect_local(task: str, items: Sequence[Item], local_model: str, cache_dir: Path,
+                  progress: Progress | None = None) -> dict[str, dict[str, Any]]:
+    """The local tier's records for ``items`` (measured now unless cached)."""
+    from tandem.catalog import resolve_model
+    from tandem.local.engine import LocalEngine
+    from tandem.settings import load_settings
+
+    path, chat_format = resolve_model(local_model)
+    cache = ItemCache(cache_dir, _model_sha(path), f"{task}-{CHAT_PROTOCOL}")
+    if all(it.key in cache.load() for it in items):
+        return run_local(None, items, cache, progress)
+    engine = LocalEngine(load_settings(keep_alive_s=None), path, chat_format)
+    engine.start()
+    try:
+        return run_local(engine, items, cache, progress)
+    finally:
+        engine.close()
+
+
 def collect(task: str, items: Sequence[Item], local_model: str, cloud_model: str,
             cloud_url: str | None, cache_dir: Path, progress: Progress | None = None
             ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
@@ -308,20 +348,8 @@ def collect(task: str, items: Sequence[Item], local_model: str, cloud_model: str
     """
     from tandem.catalog import resolve_model
     from tandem.cloud.standin import StandinCloud
-    from tandem.local.engine import LocalEngine
-    from tandem.settings import load_settings
 
-    path, chat_format = resolve_model(local_model)
-    cache = ItemCache(cache_dir, _model_sha(path), f"{task}-{CHAT_PROTOCOL}")
-    if any(it.key not in cache.load() for it in items):
-        engine = LocalEngine(load_settings(keep_alive_s=None), path, chat_format)
-        engine.start()
-        try:
-            local = run_local(engine, items, cache, progress)
-        finally:
-            engine.close()
-    else:
-        local = run_local(None, items, cache, progress)
+    local = collect_local(task, items, local_model, cache_dir, progress)
     if cloud_url is not None:
         name = "url-" + hashlib.sha256(cloud_url.encode()).hexdigest()
         cloud_cache = ItemCache(cache_dir, name, f"{task}-{CHAT_PROTOCOL}")

@@ -36,7 +36,7 @@ AsJson = Annotated[bool, typer.Option("--json", help="Print the JSON result")]
 Threads = Annotated[int | None, typer.Option(help="CPU threads (default: all cores)")]
 ProtocolOpt = Annotated[str, typer.Option(
     help="loglik (choices scored by log-likelihood) or chat (both tiers generate an answer "
-         "to the chat message; tasks arc_easy, piqa, arith)")]
+         "to the chat message; tasks arc_easy, piqa, arith, code, writing)")]
 SplitOpt = Annotated[str, typer.Option(
     help="Chat protocol: the tune or report half of the items, or all")]
 KOpt = Annotated[int, typer.Option(
@@ -72,11 +72,10 @@ def load_chat_rows(task: str, data_dir: Path | None, limit: int | None, local: s
     """A task's chat-protocol rows: both tiers' generated answers, graded."""
     from tandem.optimize.commands import _progress
     from tandem.optimize.evaluate import default_data_dir
-    from tandem.routing.chat_protocol import chat_items, chat_rows, collect, split
-    from tandem.routing.tasks import TASK_FILES, default_cache_dir
+    from tandem.routing.chat_protocol import chat_rows, collect, task_items
+    from tandem.routing.tasks import default_cache_dir
 
-    path = None if task == "arith" else (data_dir or default_data_dir()) / TASK_FILES[task]
-    items = split(chat_items(task, path, limit), part)
+    items = task_items(task, data_dir or default_data_dir(), limit, part)
     with _progress(console) as progress:
         lo, cl = collect(task, items, local, cloud, cloud_url, default_cache_dir(), progress)
     return chat_rows(task, items, lo, cl, k)

@@ -197,6 +197,7 @@ PROMPT_FEATURES = (
     "choice_len_spread", "digit_rate", "choice_digit_rate", "lines", "math_rate", "numbers",
     "negation", "statements", "has_question_mark", "mean_word_len", "upper_rate",
     "compute_verb", "blank", "scenario", "sentences", "code_rate", "choice_overlap",
+    "asks_code", "asks_creative", "asks_explanation",
 )
 _CHOICE_LINE = re.compile(r"^\(?[A-Da-d][.)] (.*)$", re.M)
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
@@ -204,6 +205,16 @@ _NEGATION = re.compile(r"\b(?:NOT|EXCEPT|LEAST|FALSE|not true|incorrect)\b")
 _COMPUTE = re.compile(
     r"\b(?:calculate|compute|how many|how much|what is the value|solve|find|estimate)\b", re.I
 )
+# The kind of task a request names: code, creative writing or a role, an explanation.
+_ASKS_CODE = re.compile(
+    r"\b(?:python|javascript|typescript|java|rust|sql|html|css|bash|c\+\+|c#|function|program|"
+    r"code|script|implement|algorithm|array|regex|compile|debug|method)(?!\w)", re.I)
+_ASKS_CREATIVE = re.compile(
+    r"\b(?:poem|story|stories|email|essay|blog|letter|song|lyrics|speech|headline|slogan|"
+    r"tweet|haiku|limerick|imagine|pretend|role|persona|act as|embody|character)\b", re.I)
+_ASKS_EXPLANATION = re.compile(
+    r"\b(?:explain|describe|discuss|outline|summari[sz]e|share|suggest|ideas|tips|insights|"
+    r"advice)\b", re.I)
 _MATH = set("+-*/=^<>%$∑√π")
 _CODE = set("{}[];_#")
 
@@ -211,8 +222,11 @@ _CODE = set("{}[];_#")
 def prompt_features(text: str) -> dict[str, float]:
     """Cheap structural features of a prompt: lengths, numbers, maths, question form.
 
-    Deliberately free of vocabulary: a router trained on some topics must transfer to others,
-    and word features learn the topics (measured: they lower APGR on held-out MMLU subjects).
+    Free of topic vocabulary: a router trained on some topics must transfer to others, and
+    word features learn the topics (measured: they lower APGR on held-out MMLU subjects). The
+    few words read (``asks_*``) name the *kind* of task a request is (code, creative writing
+    or a role to play, an explanation), which holds across topics and is where a larger
+    model's gain differs most.
     """
     n = max(len(text), 1)
     question = re.split(r"\n\(?[Aa][.)] ", text, maxsplit=1)[0]
@@ -246,4 +260,7 @@ def prompt_features(text: str) -> dict[str, float]:
         "sentences": question.count(". ") / 5,
         "code_rate": sum(c in _CODE for c in text) / n * 10,
         "choice_overlap": float(np.mean(overlaps)) if overlaps else 0.0,
+        "asks_code": float(bool(_ASKS_CODE.search(text))),
+        "asks_creative": float(bool(_ASKS_CREATIVE.search(text))),
+        "asks_explanation": float(bool(_ASKS_EXPLANATION.search(text))),
     }

@@ -145,6 +145,26 @@ def test_prompt_features_see_structure_not_words() -> None:
     assert prompt_features("")["log_chars"] == 0.0
 
 
+@pytest.mark.parametrize(("prompt", "kind"), [
+    ("Write a C++ program to find the nth Fibonacci number.", "asks_code"),
+    ("Implement a function that merges two sorted arrays.", "asks_code"),
+    ("Fix the bug in this JavaScript snippet.", "asks_code"),
+    ("Write a short poem about autumn.", "asks_creative"),
+    ("Pretend to be a pirate and greet me.", "asks_creative"),
+    ("Draft an email to my landlord about the heating.", "asks_creative"),
+    ("Explain inflation in simple terms.", "asks_explanation"),
+    ("Give me three tips for sleeping better.", "asks_explanation"),
+    ("Hi! How are you today?", None),
+    ("What is 17 times 23?", None),
+])
+def test_prompt_features_name_the_kind_of_task(prompt: str, kind: str | None) -> None:
+    f = prompt_features(prompt)
+    kinds = {k for k in ("asks_code", "asks_creative", "asks_explanation") if f[k] == 1.0}
+    assert kinds == ({kind} if kind else set())
+    # a word inside another word is not the word ("encoded" is not "code", "roles" not "role")
+    assert prompt_features("The message was encoded; the roles are fixed.")["asks_code"] == 0.0
+
+
 def test_lambada_word() -> None:
     assert lambada_word(' "Gabriel," he said') == "Gabriel"
     assert lambada_word("  signs.") == "signs"
