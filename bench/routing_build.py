@@ -13,8 +13,10 @@ tests/data and MT-Bench are left for the reported figures.
    small talk: a greeting must stay on the device, and that is the constraint the threshold
    is set by (the tune items are questions where the cloud nearly always helps, so a rate
    calibrated on them would send everything to the cloud).
-3. The choice is the (mode, K) with the highest answer quality on the tune items at that
-   threshold (each item answered by the tier the router picks); within one point, the
+3. A cascade is eligible only if its check adds at most ``TTFT_BUDGET_MS`` (200 ms) to the
+   median time to first token (every request waits for it; the prompt router adds nothing).
+   Of those, the choice is the (mode, K) with the highest answer quality on the tune items at
+   that threshold (each item answered by the tier the router picks); within one point, the
    smaller K (an earlier decision, a shorter time to first token).
 4. The chosen routers are retrained on all tune items and written with their thresholds.
 """
@@ -45,6 +47,9 @@ CALIBRATION = ROOT / "tandem" / "routing" / "small_talk_calibration.txt"
 LIMITS = {"code": 80, "writing": 120, "arc_easy": 160, "piqa": 160, "arith": 120}
 KS = (4, 8, 16, 32)
 SMALL_TALK_RATE = 0.02
+# The most a cascade's check may add to the median time to first token: the local tier is
+# there to answer fast, and every request, a greeting too, waits for the check.
+TTFT_BUDGET_MS = 200.0
 CLOUD = "qwen2.5-coder-1.5b"
 
 
@@ -92,12 +97,14 @@ def build(data_dir: Path, out: Path) -> dict[str, Any]:
             scores = cross_fit(mode, pooled, folds=5)
             up = scores > cut
             quality = float(np.where(up, pooled.cloud_ok, pooled.local_ok).mean())
+            added = 0.0 if mode == "prompt" else _added_ttft(recs, k)
             trials.append({"mode": mode, "k": k, "threshold": cut, "tune_quality": quality,
-                           "tune_cloud_rate": float(up.mean()),
+                           "tune_cloud_rate": float(up.mean()), "added_ttft_ms": added,
                            "local_only": float(pooled.local_ok.mean()),
                            "cloud_only": float(pooled.cloud_ok.mean())})
-    best = max(t["tune_quality"] for t in trials)
-    chosen = min((t for t in trials if t["tune_quality"] >= best - 0.01),
+    eligible = [t for t in trials if t["added_ttft_ms"] <= TTFT_BUDGET_MS]
+    best = max(t["tune_quality"] for t in eligible)
+    chosen = min((t for t in eligible if t["tune_quality"] >= best - 0.01),
                  key=lambda t: (t["k"], t["mode"] != "cascade"))
     k = chosen["k"]
     tune = [chat_rows(t, items, lo, cl, k) for t, (items, lo, cl) in recs.items()]
@@ -118,6 +125,15 @@ def build(data_dir: Path, out: Path) -> dict[str, Any]:
             "small_talk_rate": SMALL_TALK_RATE}, "selection": trials, "chosen": chosen})
     config.save(out)
     return {"chosen": chosen, "trials": trials}
+
+
+def _added_ttft(recs: dict[str, Any], k: int) -> float:
+    """Median milliseconds the check at ``k`` tokens adds to the first token (tune items)."""
+    from tandem.routing.chat_protocol import ttft_cost
+
+    items = [i for items, _, _ in recs.values() for i in items]
+    local = {key: r for _, lo, _ in recs.values() for key, r in lo.items()}
+    return round(1000 * (ttft_cost(local, items, k) - ttft_cost(local, items, 1)), 1)
 
 
 def _pool(rows: list[Any]) -> Any:

@@ -49,11 +49,6 @@ def test_small_talk_stays_local(shipped_gateway: str) -> None:
     assert len(escalated) <= 0.05 * len(prompts), escalated
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "not met yet: the routers' labels come from lettered and arithmetic questions, none from "
-    "open-ended requests, and the shipped prompt router escalates long writing and roleplay "
-    "prompts as often as maths and code (docs/routing.md, 'Sanity'); strict, so a router that "
-    "meets the contract makes this fail until the mark is removed"))
 def test_hard_requests_escalate_at_least_twice_as_often_as_open_ones(
     shipped_gateway: str,
 ) -> None:
