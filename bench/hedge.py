@@ -26,14 +26,19 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
+from bench.routing_build import LIMITS
 from tandem.errors import ConfigError
-from tandem.routing.chat_protocol import cascade_features, collect_local, task_items
+from tandem.routing.chat_protocol import (
+    cascade_features,
+    collect_local,
+    task_items,
+    time_to_token,
+)
 from tandem.routing.policy import Action, RouteDecision, RoutingConfig, RoutingPolicy
 from tandem.routing.signals import prompt_features
 from tandem.routing.tasks import default_cache_dir
 
 BANDS = (0.02, 0.05, 0.1, 0.2, 0.5)
-LIMITS = {"arc_easy": 160, "piqa": 160, "arith": 120, "code": 80, "writing": 120}
 
 
 def run_hedge_bench(data_dir: Path, config_path: Path | None, out: Path, console: Console
@@ -58,9 +63,8 @@ def run_hedge_bench(data_dir: Path, config_path: Path | None, out: Path, console
             about = prompt_features(it.prompt)
             early_rows.append({**cascade_features(it.prompt, rec, hedge_at), **about})
             final_rows.append({**cascade_features(it.prompt, rec, k), **about})
-            n = len(rec["pieces"])
-            per_token = (rec["seconds"] - rec["ttft_s"]) / max(n - 1, 1)
-            saved.append(per_token * max(min(k, n) - hedge_at, 0))
+            saved.append(max(time_to_token(rec, k) - time_to_token(rec, hedge_at), 0.0)
+                         if rec["pieces"] else 0.0)
     escalate = np.array([policy.cascade_check(decision, f)[0] for f in final_rows])
     bands = []
     for band in BANDS:

@@ -285,15 +285,16 @@ def split(items: Sequence[Item], part: str) -> list[Item]:
 def ttft_cost(local: dict[str, dict[str, Any]], items: Sequence[Item], k: int) -> float:
     """Median seconds until the cascade's check at ``k`` tokens (or the shorter answer's end),
     estimated from each recorded answer's first token time and its mean time per token."""
-    costs = []
-    for it in items:
-        rec = local[it.key]
-        n = len(rec["pieces"])
-        if n == 0:
-            continue
-        per_token = (rec["seconds"] - rec["ttft_s"]) / max(n - 1, 1)
-        costs.append(rec["ttft_s"] + per_token * (min(k, n) - 1))
+    costs = [time_to_token(local[it.key], k) for it in items if local[it.key]["pieces"]]
     return float(np.median(costs)) if costs else 0.0
+
+
+def time_to_token(rec: dict[str, Any], k: int) -> float:
+    """Seconds from the request to a recorded answer's ``k``-th token (or its last, when
+    shorter), from its first token time and its mean time per later token."""
+    n = len(rec["pieces"])
+    per_token = (rec["seconds"] - rec["ttft_s"]) / max(n - 1, 1)
+    return float(rec["ttft_s"] + per_token * (min(k, n) - 1))
 
 
 def iter_tasks(tasks: Sequence[str]) -> Iterator[str]:
