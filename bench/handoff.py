@@ -26,8 +26,9 @@ from typing import Any
 from rich.console import Console
 
 from tandem.events import Finish, GenerationParams, TokenEvent
-from tandem.gateway import Gateway
+from tandem.runtime import Runtime
 from tandem.settings import Settings
+from tandem.tiers import EngineState
 from tandem.turn import RouteInfo, RoutePreference, Turn
 
 MT_BENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "mt_bench_questions.jsonl"
@@ -62,24 +63,29 @@ def load_conversations(path: Path, n: int, turns: int) -> list[list[str]]:
 
 
 class _Harness:
-    """The real session path in process, with the engine reachable for the naive baseline."""
+    """The real session path in process (the runtime ``tandem serve`` uses), with the engine
+    reachable for the naive baseline."""
 
-    def __init__(self, settings: Settings, cloud_url: str, db: Path):
-        from tandem.catalog import resolve_model
-        from tandem.cloud.client import CloudClient
-        from tandem.local.engine import EngineState, LocalEngine
-        from tandem.metrics import GatewayMetrics
-        from tandem.sessions.service import SessionService
-        from tandem.sessions.store import SqliteSessionStore
+    def __init__(self, runtime: Runtime):
+        from tandem.local.engine import LocalEngine
 
-        path, fmt = resolve_model(settings.local_model)
-        self.engine = LocalEngine(settings, path, fmt)
-        self.engine.start()
-        if self.engine.wait_ready(120) != EngineState.READY:
-            raise RuntimeError(f"the local model did not load: {self.engine.last_error}")
-        self.cloud = CloudClient.from_settings(settings, cloud_url)
-        gateway = Gateway(self.engine, self.cloud, GatewayMetrics(), settings.cloud_n_ctx)
-        self.service = SessionService(SqliteSessionStore(db), gateway)
+        engine = runtime.gateway.local
+        assert isinstance(engine, LocalEngine) and runtime.sessions is not None
+        self.runtime = runtime
+        self.engine = engine
+        self.service = runtime.sessions
+
+    @classmethod
+    async def open(cls, settings: Settings, cloud_url: str, db: Path) -> _Harness:
+        update = {"cloud_url": cloud_url, "cloud_fallback_urls": [], "sessions_db": db,
+                  "sessions": True}
+        runtime = Runtime(settings.model_copy(update=update))
+        await runtime.start()
+        await runtime.wait_local_ready(120)
+        if runtime.gateway.local.state != EngineState.READY:
+            await runtime.aclose()
+            raise RuntimeError(f"the local model did not load: {runtime.gateway.local.health()}")
+        return cls(runtime)
 
     async def turn(
         self, session: str, text: str, route: RoutePreference, max_tokens: int
@@ -133,9 +139,7 @@ class _Harness:
         }
 
     async def close(self) -> None:
-        await self.cloud.aclose()
-        self.engine.close()
-        self.service.store.close()
+        await self.runtime.aclose()
 
 
 async def _handoff(h: _Harness, conf: dict[str, int]) -> list[dict[str, Any]]:
@@ -224,7 +228,7 @@ def run_handoff_bench(
     ):
 
         async def main() -> dict[str, Any]:
-            h = _Harness(settings, standin.base_url, Path(d) / "bench.db")
+            h = await _Harness.open(settings, standin.base_url, Path(d) / "bench.db")
             try:
                 rows = await _handoff(h, conf)
                 switch = await _switch(h, conf, conf["max_tokens"])

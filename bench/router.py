@@ -19,6 +19,7 @@ from typing import Any
 
 from rich.console import Console
 
+from tandem.cloud.breaker import CircuitBreaker
 from tandem.events import GenerationParams, TokenEvent
 from tandem.gateway import Gateway
 from tandem.local.chat import Message
@@ -65,6 +66,7 @@ class _TokenCounter:
 class _UpCloud:
     model = "cloud"
     available = True
+    breaker = CircuitBreaker()
 
 
 def prompt_of(llm: Any, tokens: int) -> str:

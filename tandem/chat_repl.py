@@ -12,9 +12,9 @@ import uuid
 from rich.console import Console
 
 from tandem.api import ChatCompletionRequest
-from tandem.assembly import attach_store, build_gateway, build_store
 from tandem.errors import TandemError
 from tandem.events import Finish, TokenEvent
+from tandem.runtime import Runtime
 from tandem.sessions.service import SessionService
 from tandem.sessions.store import check_session_id
 from tandem.settings import Settings
@@ -28,25 +28,16 @@ async def run_repl(
 ) -> None:
     """Read user lines, stream each answer, and show the route and reason of the turn."""
     settings = settings.model_copy(update={"sessions": True})
-    gw = build_gateway(settings)
-    sessions = attach_store(settings, gw, build_store(settings))
-    assert sessions is not None
     session_id = check_session_id(session_id) if session_id else f"chat-{uuid.uuid4().hex[:12]}"
-    start = getattr(gw.local, "start", None)
-    if start is not None:
-        start()
+    async with Runtime(settings) as runtime:
+        sessions = runtime.sessions
+        assert sessions is not None
         # A person types slower than the model loads; waiting keeps the first turn local.
-        await asyncio.to_thread(gw.local.wait_ready, 30.0)  # type: ignore[attr-defined]
-    _show_history(sessions, session_id, console)
-    console.print(f"[dim]Session {session_id}. Empty line or Ctrl-D to quit.[/dim]")
-    try:
-        while line := _read(console):
+        await runtime.wait_local_ready(30.0)
+        _show_history(sessions, session_id, console)
+        console.print(f"[dim]Session {session_id}. Empty line or Ctrl-D to quit.[/dim]")
+        while line := await asyncio.to_thread(_read, console):
             await _turn(sessions, session_id, line, route, settings, console)
-    finally:
-        close = getattr(gw.local, "close", None)
-        if close is not None:
-            close()
-        sessions.store.close()
     console.print(f"[dim]Resume with: tandem chat --session {session_id}[/dim]")
 
 

@@ -271,10 +271,10 @@ def audit(
     """The record of cloud calls: when, which session, what was redacted, a hash of the body."""
     from rich.table import Table
 
-    from tandem.assembly import build_store
+    from tandem.runtime import open_store
 
     with _clear_errors():
-        store = build_store(load_settings())
+        store = open_store(load_settings())
         records = store.audit(session, limit)
         store.close()
     if as_json:

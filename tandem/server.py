@@ -8,7 +8,7 @@ import hmac
 import ipaddress
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Request
@@ -39,13 +39,19 @@ log = logging.getLogger("tandem.server")
 
 def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
     """The gateway app. Without ``gateway``, builds the engine and cloud client from settings."""
-    from tandem.assembly import attach_store, build_gateway, build_store, gateway_lifespan
+    from tandem.runtime import Runtime
 
     check_exposure(settings)
-    gw = gateway or build_gateway(settings)
-    store = build_store(settings)
-    sessions = attach_store(settings, gw, store)
-    app = FastAPI(title="Tandem", version="0.1.0", lifespan=gateway_lifespan(gw, settings, store))
+    runtime = Runtime(settings, gateway)
+    gw, sessions = runtime.gateway, runtime.sessions
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with runtime:
+            yield
+
+    app = FastAPI(title="Tandem", version="0.1.0", lifespan=lifespan)
+    app.state.runtime = runtime
     app.state.gateway = gw
     app.state.sessions = sessions
     app.state.settings = settings
@@ -140,7 +146,7 @@ def _add_routes(
         try:
             route, head = await _until_first_output(events)
         except BaseException:
-            await events.aclose()  # type: ignore[attr-defined]
+            await events.aclose()
             raise
         headers.update({"X-Tandem-Route": route.tier.value, "X-Tandem-Reason": route.reason})
         if req.stream:
@@ -285,7 +291,7 @@ def _invalid(errors: Any) -> InvalidRequestError:
 
 
 async def _until_first_output(
-    events: AsyncIterator[GatewayEvent],
+    events: AsyncGenerator[GatewayEvent, None],
 ) -> tuple[RouteInfo, list[GatewayEvent]]:
     """Pull events until text or the end, so headers name the tier that really answers."""
     route: RouteInfo | None = None
@@ -313,10 +319,10 @@ async def _collect(
     builder: ResponseBuilder,
     route: RouteInfo,
     head: list[GatewayEvent],
-    events: AsyncIterator[GatewayEvent],
+    events: AsyncGenerator[GatewayEvent, None],
 ) -> dict[str, Any]:
     tokens: list[TokenEvent] = []
-    async with contextlib.aclosing(events):  # type: ignore[type-var]
+    async with contextlib.aclosing(events):
         async for event in _replay(head, events):
             if isinstance(event, RouteInfo):
                 route = event
@@ -331,7 +337,7 @@ async def _sse(
     builder: ResponseBuilder,
     route: RouteInfo,
     head: list[GatewayEvent],
-    events: AsyncIterator[GatewayEvent],
+    events: AsyncGenerator[GatewayEvent, None],
     gw: Gateway,
 ) -> AsyncIterator[str]:
     yield _data(builder.chunk(route, {"role": "assistant", "content": ""}))
@@ -354,7 +360,7 @@ async def _sse(
         yield _data(err.to_openai())
     finally:
         with contextlib.suppress(Exception):
-            await events.aclose()  # type: ignore[attr-defined]
+            await events.aclose()
     yield "data: [DONE]\n\n"
 
 

@@ -1,4 +1,4 @@
-"""A chat turn as the gateway sees it, where it is answered, and the two tiers' interfaces.
+"""A chat turn as the gateway sees it, and where it is answered.
 
 Kept apart from the gateway so that the HTTP layer, sessions and benchmarks can build and read
 turns without the routing machinery.
@@ -6,20 +6,28 @@ turns without the routing machinery.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any
 
 from tandem.events import GenerationParams, StreamEvent
 from tandem.local.chat import Message
 from tandem.privacy.policy import PrivacyMode
 from tandem.privacy.redact import Placeholders
+from tandem.tiers import CloudTier, LocalTier, Tier
 
-
-class Tier(StrEnum):
-    LOCAL = "local"
-    CLOUD = "cloud"
+__all__ = [
+    "CloudTier",
+    "GatewayEvent",
+    "LocalTier",
+    "RouteInfo",
+    "RoutePreference",
+    "Tier",
+    "Turn",
+    "cloud_body",
+    "last_user_text",
+]
 
 
 class RoutePreference(StrEnum):
@@ -58,51 +66,6 @@ class Turn:
 
 
 GatewayEvent = RouteInfo | StreamEvent
-
-
-class LocalTier(Protocol):
-    model_name: str
-
-    @property
-    def n_ctx(self) -> int: ...
-
-    @property
-    def queue_depth(self) -> int: ...
-
-    @property
-    def state(self) -> Any: ...
-
-    def count_tokens(self, messages: Sequence[Message]) -> int | None:
-        """Blocking; safe from any thread, whatever the engine is doing."""
-
-    def wake(self) -> None:
-        """Start loading the model if it is not ready (cold, or failed with a retry due)."""
-
-    def stream(
-        self,
-        messages: Sequence[Message],
-        params: GenerationParams,
-        assistant_prefix: str = "",
-        session: str | None = None,
-    ) -> AsyncIterator[StreamEvent]: ...
-
-    def forget(self, session: str) -> None: ...
-
-    def health(self) -> dict[str, Any]: ...
-
-
-class CloudTier(Protocol):
-    @property
-    def model(self) -> str: ...
-
-    @property
-    def available(self) -> bool: ...
-
-    def stream_chat(
-        self, body: dict[str, Any], on_send: Callable[[bytes, str], None] | None = None
-    ) -> AsyncIterator[Any]: ...
-
-    def health(self) -> dict[str, Any]: ...
 
 
 def last_user_text(messages: Sequence[Message]) -> str:

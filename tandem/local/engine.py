@@ -21,9 +21,8 @@ import os
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -35,19 +34,13 @@ from tandem.local.logits import LogitReader
 from tandem.local.memory import check_budget, ggml_kv_type, needs_flash_attn, plan_memory
 from tandem.local.tokenizer import PromptTokenizer, tokenize
 from tandem.settings import Settings
+from tandem.tiers import EngineState
 
 log = logging.getLogger("tandem.local")
 Sink = Callable[[StreamEvent | BaseException | None], None]
 # Seconds before retrying a failed load: doubles after each failure, up to the cap.
 RETRY_FIRST_S = 1.0
 RETRY_MAX_S = 60.0
-
-
-class EngineState(StrEnum):
-    COLD = "cold"
-    LOADING = "loading"
-    READY = "ready"
-    FAILED = "failed"
 
 
 @dataclass
@@ -153,6 +146,10 @@ class LocalEngine:
         self._unload()
         self.tokenizer.close()
 
+    async def aclose(self) -> None:
+        """``close`` off the event loop (it joins the worker thread)."""
+        await asyncio.to_thread(self.close)
+
     def wait_ready(self, timeout_s: float = 60.0) -> EngineState:
         """Block until the model has loaded or failed (for CLIs and tests)."""
         deadline = time.monotonic() + timeout_s
@@ -224,7 +221,7 @@ class LocalEngine:
         params: GenerationParams,
         assistant_prefix: str = "",
         session: str | None = None,
-    ) -> AsyncIterator[StreamEvent]:
+    ) -> AsyncGenerator[StreamEvent, None]:
         """Stream a generation; closing the iterator early cancels it."""
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[StreamEvent | BaseException | None] = asyncio.Queue()

@@ -73,3 +73,15 @@ def fit_messages(
 def _fitted(messages: Sequence[Message], start: int, tokens: int) -> Fitted:
     dropped = sum(1 for m in messages[:start] if m["role"] != "system")
     return Fitted(kept(messages, start), start, dropped, tokens)
+
+
+def fit_window(
+    messages: Sequence[Message],
+    count: Callable[[Sequence[Message]], int],
+    window: int,
+    max_tokens: int,
+    start: int = 0,
+) -> Fitted:
+    """A session's history fitted to a tier's ``window``, leaving room for the answer (never
+    more than a quarter of the window)."""
+    return fit_messages(messages, count, window - min(max_tokens, window // 4), start)

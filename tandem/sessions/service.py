@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import replace
 
 from tandem.events import Finish, TokenEvent
@@ -45,7 +45,7 @@ class SessionService:
         self.gateway = gateway
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
 
-    async def stream(self, session_id: str, turn: Turn) -> AsyncIterator[GatewayEvent]:
+    async def stream(self, session_id: str, turn: Turn) -> AsyncGenerator[GatewayEvent, None]:
         async with self._session_lock(session_id) as held:
             context = await asyncio.to_thread(self.store.context, session_id)
             added = new_messages(context.messages, turn.messages)

@@ -14,15 +14,16 @@ from typing import Any
 import anyio
 import pytest
 
-from tandem.assembly import build_policy
 from tandem.catalog import resolve_model
 from tandem.cloud.client import CloudClient
 from tandem.errors import ModelLoadError
 from tandem.events import Finish, GenerationParams
 from tandem.gateway import Gateway
-from tandem.local.engine import EngineState, LocalEngine
+from tandem.local.engine import LocalEngine
 from tandem.metrics import GatewayMetrics
+from tandem.runtime import build_policy
 from tandem.settings import Settings
+from tandem.tiers import EngineState
 from tandem.turn import RouteInfo, Turn
 
 QUESTION = [{"role": "user", "content": "Name a color."}]

@@ -12,6 +12,7 @@ import httpx
 from tandem.errors import TandemError
 from tandem.events import Finish, GenerationParams, StreamEvent, TokenEvent
 from tandem.local.chat import Message
+from tandem.tiers import EngineState
 
 
 class FakeEngine:
@@ -25,7 +26,9 @@ class FakeEngine:
     def __init__(self, tokens: Sequence[str] = ("Hello", " from", " local"), n_ctx: int = 64):
         self.tokens = list(tokens)
         self._n_ctx = n_ctx
-        self.state = "ready"
+        self.state = EngineState.READY
+        self.started = False  # start() called (by the runtime)
+        self.closed = False  # aclose() called
         self.queue_depth = 0
         self.error: TandemError | None = None
         self.fail_after: int | None = None  # with ``error``: raise after this many tokens
@@ -74,6 +77,15 @@ class FakeEngine:
 
     def wake(self) -> None:
         self.wakes += 1
+
+    def start(self) -> None:
+        self.started = True
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+    def wait_ready(self, timeout_s: float = 60.0) -> EngineState:
+        return self.state
 
     def health(self) -> dict[str, Any]:
         return {"state": self.state, "model": self.model_name}

@@ -12,6 +12,7 @@ import anyio
 import numpy as np
 from fastapi.testclient import TestClient
 
+from tandem.cloud.breaker import CircuitBreaker
 from tandem.cloud.client import CloudClient
 from tandem.cloud.stream import CloudChunk
 from tandem.errors import TandemError
@@ -35,6 +36,7 @@ class SlowCloud:
 
     model = "slow-cloud"
     available = True
+    breaker = CircuitBreaker()
 
     def __init__(self, pieces: int = 50, delay_s: float = 0.02):
         self.pieces = pieces

@@ -1,0 +1,153 @@
+"""The cascade: start locally, hold the first K tokens back, then keep them or escalate.
+
+``Cascade`` is the strategy for one turn (hold the start, check it); ``Hedge`` is the early
+cloud call of the hedged mode, an async context manager that always cancels what it started.
+The gateway chains them with the tiers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from types import TracebackType
+
+from tandem.events import Finish, StreamEvent
+from tandem.routing.policy import RouteDecision, RoutingPolicy
+from tandem.routing.signals import RunningConfidence, prompt_features
+
+
+@dataclass(frozen=True)
+class Verdict:
+    escalate: bool
+    scores: dict[str, float]  # the plan's scores and the cascade's
+    reason: str  # the route reason if the local start is kept
+
+
+class Cascade:
+    """One turn's local start, held back until the check.
+
+    The check reads the confidence statistics of the first ``decision.cascade_tokens``
+    tokens; if the local answer ends sooner, the whole answer is checked.
+    """
+
+    def __init__(self, policy: RoutingPolicy, decision: RouteDecision, prompt: str):
+        self.policy = policy
+        self.decision = decision
+        self.confidence = RunningConfidence(prompt)
+        self.about_prompt = decision.prompt_features or prompt_features(prompt)
+        self.held: list[StreamEvent] = []
+        self.finished = False  # the local answer ended within the start
+
+    @property
+    def tokens(self) -> int:
+        return len(self.confidence)
+
+    @property
+    def hedge_at(self) -> int | None:
+        """The token count at which the hedged mode may start the cloud (None: it is off)."""
+        if self.policy.config.hedge_band <= 0:
+            return None
+        return max(1, self.decision.cascade_tokens // 2)
+
+    async def hold(
+        self,
+        local: AsyncIterator[StreamEvent],
+        at_hedge: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """Read ``local`` up to the check (``at_hedge`` runs once, at the hedge's token)."""
+        hedge_at = self.hedge_at if at_hedge is not None else None
+        async for event in local:
+            self.held.append(event)
+            if isinstance(event, Finish):
+                self.finished = True
+                return
+            self.confidence.add(event.logprob, event.text)
+            if self.tokens >= self.decision.cascade_tokens:
+                return
+            if at_hedge is not None and self.tokens == hedge_at:
+                await at_hedge()
+
+    async def rest(self, local: AsyncIterator[StreamEvent]) -> AsyncIterator[StreamEvent]:
+        """The kept local answer: the held start, then the rest of ``local``."""
+        for event in self.held:
+            yield event
+        if not self.finished:
+            async for event in local:
+                yield event
+
+    def features(self) -> dict[str, float]:
+        return {**self.confidence.features(), **self.about_prompt}
+
+    def borderline(self) -> bool:
+        """Is the start so far within the hedge band of escalating?"""
+        margin = self.policy.config.hedge_band
+        borderline, _ = self.policy.cascade_check(self.decision, self.features(), margin=margin)
+        return borderline
+
+    def check(self) -> Verdict:
+        features = self.features()
+        escalate, score = self.policy.cascade_check(self.decision, features)
+        scores = {**self.decision.scores, "cascade": round(score, 4)}
+        knows = self.policy.cascade_knows(features)
+        return Verdict(escalate, scores, "cascade_confident" if knows else "cascade_abstained")
+
+
+class Hedge:
+    """A cloud answer started early, buffered until it is used; cancelled on exit if not done.
+
+    ``async with Hedge() as hedge``: ``hedge.start(source)`` begins pumping ``source`` in a
+    task; ``hedge.events()`` replays it. Leaving the block (an answer, an error, a client that
+    goes away) cancels the task if it still runs.
+    """
+
+    def __init__(self) -> None:
+        self._events: asyncio.Queue[StreamEvent | BaseException | None] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._task is not None
+
+    def start(self, source: AsyncIterator[StreamEvent]) -> None:
+        assert self._task is None, "a hedge starts once"
+        self._task = asyncio.create_task(self._pump(source))
+
+    async def _pump(self, source: AsyncIterator[StreamEvent]) -> None:
+        try:
+            async for event in source:
+                self._events.put_nowait(event)
+        except Exception as exc:  # handed to the consumer, which falls back
+            self._events.put_nowait(exc)
+            return
+        self._events.put_nowait(None)
+
+    async def events(self) -> AsyncIterator[StreamEvent]:
+        try:
+            while (item := await self._events.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:  # a client that goes away mid-answer must not leave the cloud call running
+            await self.cancel()
+
+    async def cancel(self) -> None:
+        """Stop the cloud call if it is still running (idempotent)."""
+        if self._task is None or self._task.done():
+            return
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    async def __aenter__(self) -> Hedge:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.cancel()
+

@@ -1,0 +1,161 @@
+"""The first route of a turn: a pure function of the turn and what the gateway knows now.
+
+No I/O happens here: the gateway counts the prompt's tokens and reads the tiers' and the
+device's state first (``Situation``), so that a plan can be tested, replayed and explained
+from plain values.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
+
+from tandem.errors import (
+    CloudError,
+    ContextLengthError,
+    InvalidRequestError,
+    OverloadedError,
+    TandemError,
+    TierUnavailableError,
+)
+from tandem.privacy.policy import PrivacyMode
+from tandem.routing.device import DeviceState
+from tandem.routing.policy import Action, RequestContext, RouteDecision, RoutingPolicy
+from tandem.tiers import EngineState, Tier
+from tandem.turn import RouteInfo, RoutePreference, Turn, last_user_text
+
+
+@dataclass(frozen=True)
+class Situation:
+    """The tiers and the device as they are when a turn arrives."""
+
+    prompt_tokens: int
+    local_model: str
+    local_n_ctx: int
+    cloud_model: str | None  # None: no cloud tier is configured
+    cloud_n_ctx: int
+    cloud_up: bool = False  # its breaker lets a request through now
+    cloud_retry_after_s: float = 5.0  # the breaker's cooldown, for a 503's Retry-After
+    local_state: EngineState = EngineState.READY
+    device: DeviceState = field(default_factory=DeviceState)
+    previous_tier: str | None = None  # the session's last answering tier
+
+    def local(self, reason: str) -> RouteInfo:
+        return RouteInfo(Tier.LOCAL, reason, self.local_model)
+
+    def cloud(self, reason: str) -> RouteInfo:
+        assert self.cloud_model is not None
+        return RouteInfo(Tier.CLOUD, reason, self.cloud_model)
+
+
+@dataclass(frozen=True)
+class Plan:
+    route: RouteInfo  # where the turn starts
+    decision: RouteDecision | None = None  # the policy's decision, for an ``auto`` turn
+
+
+def plan(turn: Turn, now: Situation, policy: RoutingPolicy) -> Plan:
+    """Where ``turn`` starts; raises the client error when no tier may take it."""
+    fits_local = now.prompt_tokens < now.local_n_ctx
+    fits_cloud = now.prompt_tokens < now.cloud_n_ctx
+    trims = turn.context_starts is not None
+    if turn.privacy == PrivacyMode.LOCAL_ONLY:
+        return Plan(_local_only(turn, now, fits_local or trims))
+    if not fits_local and not (fits_cloud and now.cloud_model is not None) and not trims:
+        raise ContextLengthError(
+            f"The prompt is about {now.prompt_tokens} tokens; the local context window is "
+            f"{now.local_n_ctx} and the cloud's is {now.cloud_n_ctx}. Shorten the "
+            "conversation (or raise TANDEM_N_CTX / TANDEM_CLOUD_N_CTX).",
+            param="messages",
+        )
+    if turn.route == RoutePreference.LOCAL:
+        return Plan(now.local("requested_local"))
+    if turn.route == RoutePreference.CLOUD:
+        if now.cloud_model is None:
+            return Plan(fallback(turn, now, "cloud_not_configured"))
+        if not now.cloud_up:  # the breaker is open: don't wait for a timeout we expect
+            return Plan(fallback(turn, now, "cloud_unavailable"))
+        return Plan(now.cloud("requested_cloud"))
+    ctx = RequestContext(
+        prompt=last_user_text(turn.messages),
+        prompt_tokens=now.prompt_tokens,
+        local_n_ctx=now.local_n_ctx,
+        cloud_configured=now.cloud_model is not None,
+        cloud_up=now.cloud_up,
+        local_state=str(now.local_state),
+        device=now.device,
+        previous_tier=now.previous_tier,
+        trims=trims,
+    )
+    decision = policy.decide(ctx)
+    tier = now.cloud if decision.action == Action.CLOUD else now.local
+    return Plan(replace(tier(decision.reason), scores=decision.scores), decision)
+
+
+def fallback(turn: Turn, now: Situation, reason: str) -> RouteInfo:
+    """The local route when the cloud cannot answer; the error when the turn forbids it."""
+    if turn.fallback:
+        return now.local(reason)
+    if now.cloud_model is None:  # retrying cannot help: a client error, not a 503
+        raise InvalidRequestError(
+            "This gateway has no cloud tier (TANDEM_CLOUD_URL is not set) and the request "
+            "allows no fallback; drop tandem.fallback=false or route 'auto'/'local'.",
+            param="tandem.route",
+            code=reason,
+        )
+    raise TierUnavailableError(
+        f"The cloud tier cannot answer ({reason}) and fallback is off; retry later or set "
+        "tandem.fallback to true.",
+        code=reason,
+        retry_after_s=now.cloud_retry_after_s,
+    )
+
+
+def _local_only(turn: Turn, now: Situation, fits: bool) -> RouteInfo:
+    if turn.route == RoutePreference.CLOUD:
+        raise InvalidRequestError(
+            "tandem.route is 'cloud' but tandem.privacy is 'local_only' (for this request or "
+            "its session); drop one of them.",
+            param="tandem.route",
+        )
+    if not fits:
+        raise ContextLengthError(
+            f"The prompt is about {now.prompt_tokens} tokens and the local context window is "
+            f"{now.local_n_ctx}; privacy 'local_only' forbids the cloud. Shorten the "
+            "conversation, use a session (it trims old turns), or raise TANDEM_N_CTX.",
+            param="messages",
+        )
+    reason = "requested_local" if turn.route == RoutePreference.LOCAL else "privacy_local_only"
+    return now.local(reason)
+
+
+def escalation_reason(exc: TandemError) -> str | None:
+    """The route reason when a local failure may go to the cloud; None for a client error
+    (a bad request stays a bad request whichever tier would take it)."""
+    if isinstance(exc, OverloadedError):
+        return "local_overloaded"
+    if isinstance(exc, CloudError) or exc.status_code < 500:
+        return None
+    return "local_failed"
+
+
+class LastTiers:
+    """Each session's last answering tier (a bounded LRU), for the policy's hysteresis."""
+
+    def __init__(self, capacity: int = 10_000):
+        self.capacity = capacity
+        self._tiers: OrderedDict[str, str] = OrderedDict()
+
+    def get(self, session_id: str | None) -> str | None:
+        return None if session_id is None else self._tiers.get(session_id)
+
+    def remember(self, session_id: str | None, tier: Tier) -> None:
+        if session_id is None:
+            return
+        self._tiers[session_id] = tier.value
+        self._tiers.move_to_end(session_id)
+        while len(self._tiers) > self.capacity:
+            self._tiers.popitem(last=False)
+
+    def forget(self, session_id: str) -> None:
+        self._tiers.pop(session_id, None)
