@@ -1,7 +1,7 @@
 """``tandem bench faults``: the fault matrix, longer than the tests, with numbers.
 
 The gateway runs in process with the real local model; its cloud tier goes through the
-fault-injecting proxy (``tandem.faults``) to the real stand-in cloud. For each fault, the same
+fault-injecting proxy (``bench.faultproxy``) to the real stand-in cloud. For each fault, the same
 sequence of requests (cloud-routed and auto, streaming and not, fallback allowed) is sent and
 measured: how many were answered completely, by which tier and why, how long they took against
 the healthy baseline measured first in the same run, and how many ended with an explicit error.
@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 
 from rich.console import Console
 
-from tandem.faults import Fault, FaultProxy
+from bench.faultproxy import Fault, FaultProxy
 from tandem.settings import Settings
 
 FAULTS: dict[str, Fault | None] = {

@@ -79,7 +79,8 @@ def build_variants(root: Path, data_dir: Path, *, quick: bool, console: Console)
 
 def run_frontier_bench(*, quick: bool, out: Path, console: Console, data_dir: Path | None = None,
                        chunks: int | None = None, items: int | None = None) -> dict[str, Any]:
-    from tandem.optimize.evaluate import EvalOptions, default_data_dir
+    from tandem.datadirs import default_data_dir
+    from tandem.optimize.evaluate import EvalOptions
     from tandem.optimize.frontier import run_frontier, table
 
     data_dir = data_dir or default_data_dir()

@@ -27,8 +27,8 @@ from typing import Any
 
 from rich.console import Console
 
-from tandem.privacy.detect import Finding
-from tandem.privacy.policy import PrivacyGuard, PrivacyMode
+from tandem.privacy.policy import PrivacyGuard
+from tandem.privacy.types import Finding, PrivacyMode
 from tandem.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]

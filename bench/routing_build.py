@@ -147,7 +147,7 @@ def _pool(rows: list[Any]) -> Any:
 
 
 def main() -> None:
-    from tandem.optimize.evaluate import default_data_dir
+    from tandem.datadirs import default_data_dir
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("routing.json"))

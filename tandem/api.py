@@ -12,7 +12,7 @@ from pydantic_core import PydanticCustomError
 
 from tandem.events import Finish, GenerationParams, TokenEvent
 from tandem.local.chat import Message
-from tandem.privacy.policy import PrivacyMode
+from tandem.privacy.types import PrivacyMode
 from tandem.turn import RouteInfo, RoutePreference, Turn
 
 Role = Literal["system", "developer", "user", "assistant"]

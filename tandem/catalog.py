@@ -102,8 +102,10 @@ def bundled_path(name: str) -> Path:
 
 def models_dir() -> Path:
     """Where assembled models live (``TANDEM_MODELS_DIR``, else the user cache directory)."""
-    override = os.environ.get("TANDEM_MODELS_DIR")
-    return Path(override) if override else Path(platformdirs.user_cache_dir("tandem")) / "models"
+    from tandem.settings import load_settings
+
+    override = load_settings().models_dir
+    return override if override else Path(platformdirs.user_cache_dir("tandem")) / "models"
 
 
 def _part_file(package: str) -> Path:

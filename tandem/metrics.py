@@ -37,6 +37,7 @@ class GatewayMetrics:
     """Requests by route and reason, latencies, tokens, fallbacks, errors and queue depth."""
 
     def __init__(self, queue_depth: Callable[[], float] | None = None):
+        """Every metric the gateway exports, declared in one place (long by nature: a table)."""
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(

@@ -152,6 +152,16 @@ class Settings(BaseSettings):
     standin_port: int = Field(8081, ge=1, le=65535)
     standin_n_ctx: int = Field(2048, ge=64)
 
+    # Files: models, evaluation data, caches
+    models_dir: Path | None = Field(
+        None, description="Where assembled bundled models live (default: the user cache)"
+    )
+    data_dir: Path | None = Field(
+        None, description="Evaluation data folder (default: ../shared/data next to a checkout)"
+    )
+    eval_cache: Path | None = Field(None, description="Cache of `tandem evaluate` results")
+    route_cache: Path | None = Field(None, description="Cache of `tandem route-eval` records")
+
     @classmethod
     def settings_customise_sources(
         cls,

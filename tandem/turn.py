@@ -13,8 +13,8 @@ from typing import Any
 
 from tandem.events import GenerationParams, StreamEvent
 from tandem.local.chat import Message
-from tandem.privacy.policy import PrivacyMode
 from tandem.privacy.redact import Placeholders
+from tandem.privacy.types import PrivacyMode
 from tandem.tiers import CloudTier, LocalTier, Tier
 
 __all__ = [

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from tandem.clikit import model_file, progress_bar
 from tandem.errors import ConfigError
 
 ModelArg = Annotated[str, typer.Argument(help="GGUF path or bundled model name (e.g. smollm2)")]
@@ -46,35 +46,10 @@ REFERENCE_NOTE = (
 )
 
 
-def _path(spec: str) -> Path:
-    from tandem.catalog import BUNDLED, bundled_path
-
-    if spec in BUNDLED:
-        return bundled_path(spec)
-    path = Path(spec).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"No model {spec!r}: not a file, and not a bundled model "
-                          f"({', '.join(sorted(BUNDLED))}).")
-    return path
-
-
-@contextlib.contextmanager
-def _progress(console: Console) -> Iterator[Callable[[str, int, int], None]]:
-    """A rich progress bar with one row per phase label."""
-    rows: dict[str, Any] = {}
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeRemainingColumn(), console=console, transient=False) as bar:
-        def update(label: str, done: int, total: int) -> None:
-            if label not in rows:
-                rows[label] = bar.add_task(label, total=total)
-            bar.update(rows[label], completed=done, total=total)
-
-        yield update
-
-
 def _options(data_dir: Path | None, tasks: str, chunks: int | None, limit: int | None,
              ctx: int, perf_ctx: int, threads: int | None, no_cache: bool) -> Any:
-    from tandem.optimize.evaluate import EvalOptions, default_data_dir
+    from tandem.datadirs import default_data_dir
+    from tandem.optimize.evaluate import EvalOptions
 
     if chunks is None and limit is not None:
         chunks = max(2, limit // 10)
@@ -116,7 +91,11 @@ def _results_table(results: list[dict[str, Any]]) -> Table:
 
 def register(app: typer.Typer, console: Console,
              clear_errors: Callable[[], contextlib.AbstractContextManager[None]]) -> None:
-    """Add the optimization commands to ``app``."""
+    """Add the optimization commands to ``app``.
+
+    Long by nature: a table of commands, one nested function each (typer reads their
+    signatures as the options).
+    """
 
     @app.command()
     def quantize(
@@ -157,7 +136,7 @@ def register(app: typer.Typer, console: Console,
                     raise ConfigError(f"--tensor-type {item!r}: write PATTERN=TYPE, "
                                       "e.g. ffn_down=q3_K.")
                 overrides.append((pattern, ttype))
-            plan = q.quantize(_path(src), out, qtype, embd_type=embd_type,
+            plan = q.quantize(model_file(src), out, qtype, embd_type=embd_type,
                               output_type=output_type, tensor_types=overrides, imatrix=imatrix,
                               dry_run=dry_run, pure=pure, n_threads=threads)
         if as_json:
@@ -194,7 +173,7 @@ def register(app: typer.Typer, console: Console,
         from tandem.optimize.gguf_io import dequantize as run
 
         with clear_errors():
-            summary = run(_path(src), out, out_type)
+            summary = run(model_file(src), out, out_type)
         console.print(f"Wrote {out}: {summary.size_bytes / 1e6:.1f} MB, "
                       f"{summary.n_params:,} parameters, {summary.file_type}.")
 
@@ -210,7 +189,8 @@ def register(app: typer.Typer, console: Console,
         data_dir: DataDir = None,
     ) -> None:
         """Importance matrix (per input column mean of x² per weight) from calibration text."""
-        from tandem.optimize.evaluate import PPL_FILE, default_data_dir
+        from tandem.datadirs import default_data_dir
+        from tandem.optimize.evaluate import PPL_FILE
         from tandem.optimize.imatrix import compute_imatrix
 
         with clear_errors():
@@ -221,9 +201,9 @@ def register(app: typer.Typer, console: Console,
                 raise ConfigError("That is the perplexity test text: calibrating on it would "
                                   "flatter every imatrix variant. Use "
                                   "wikitext2_valid_tokenized.txt (or other text).", param="text")
-            with _progress(console) as progress:
+            with progress_bar(console) as progress:
                 result, ppl = compute_imatrix(
-                    _path(model), text.read_text(encoding="utf-8"), dataset=text.name,
+                    model_file(model), text.read_text(encoding="utf-8"), dataset=text.name,
                     n_ctx=ctx, limit=chunks, n_threads=threads,
                     progress=lambda i, n: progress("imatrix", i, n))
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -252,12 +232,12 @@ def register(app: typer.Typer, console: Console,
         from tandem.optimize.evaluate import evaluate as run
 
         with clear_errors():
-            paths = [_path(m) for m in models]
+            paths = [model_file(m) for m in models]
             if tasks is None:
                 tasks = ALL if ref else ALL.replace("kld,", "")
             options = _options(data_dir, tasks, chunks, limit, ctx, perf_ctx, threads, no_cache)
-            with _progress(console if not as_json else Console(stderr=True)) as progress:
-                results = run(paths, options, reference=_path(ref) if ref else None,
+            with progress_bar(console if not as_json else Console(stderr=True)) as progress:
+                results = run(paths, options, reference=model_file(ref) if ref else None,
                               progress=progress)
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
@@ -287,8 +267,8 @@ def register(app: typer.Typer, console: Console,
 
         with clear_errors():
             options = _options(data_dir, tasks or ALL, chunks, limit, 512, 2048, threads, False)
-            with _progress(console if not as_json else Console(stderr=True)) as progress:
-                front, data = fr.run_frontier(directory, None if ref is None else _path(ref),
+            with progress_bar(console if not as_json else Console(stderr=True)) as progress:
+                front, data = fr.run_frontier(directory, None if ref is None else model_file(ref),
                                               options, plot=plot, out=out, progress=progress)
         if as_json:
             typer.echo(json.dumps(data, indent=2))
@@ -301,7 +281,11 @@ def register(app: typer.Typer, console: Console,
 def register_model_surgery(app: typer.Typer, console: Console,
                            clear_errors: Callable[[], contextlib.AbstractContextManager[None]]
                            ) -> None:
-    """Add ``prune`` and ``distill`` to ``app``."""
+    """Add ``prune`` and ``distill`` to ``app``.
+
+    Long by nature: a table of commands, one nested function each (typer reads their
+    signatures as the options).
+    """
 
     @app.command()
     def prune(
@@ -326,8 +310,8 @@ def register_model_surgery(app: typer.Typer, console: Console,
                 raise ConfigError(f"No calibration text at {text}.", param="text")
             spec = PruneSpec(drop_layers=drop_layers, ffn=ffn, kv_groups=kv_groups,
                              hidden=hidden)
-            with _progress(console if not as_json else Console(stderr=True)) as progress:
-                report = run(_path(src), out, spec, text.read_text(encoding="utf-8"),
+            with progress_bar(console if not as_json else Console(stderr=True)) as progress:
+                report = run(model_file(src), out, spec, text.read_text(encoding="utf-8"),
                              dataset=text.name, chunks=chunks, n_threads=threads,
                              progress=lambda i, n: progress("calibration", i, n))
         if as_json:
@@ -369,25 +353,26 @@ def register_model_surgery(app: typer.Typer, console: Console,
         with clear_errors():
             require_torch()
             work = workdir or out.with_name(out.name + ".work")
-            with _progress(console if not as_json else Console(stderr=True)) as progress:
+            with progress_bar(console if not as_json else Console(stderr=True)) as progress:
                 def report(label: str, i: int, n: int, extra: dict[str, float]) -> None:
                     progress(label, i, n)
 
                 if task is not None:
-                    from tandem.optimize.evaluate import MC_FILES, default_data_dir, load_items
+                    from tandem.datadirs import default_data_dir
+                    from tandem.optimize.evaluate import MC_FILES, load_items
 
                     if task not in MC_FILES:
                         raise ConfigError(f"--task must be one of {', '.join(MC_FILES)}.")
                     items = load_items((data_dir or default_data_dir()) / MC_FILES[task], None)
-                    result = d.task_distill(_path(student), _path(teacher), out, items[0::2],
-                                            epochs=epochs, lr=lr, workdir=work,
+                    result = d.task_distill(model_file(student), model_file(teacher), out,
+                                            items[0::2], epochs=epochs, lr=lr, workdir=work,
                                             n_threads=threads, progress=report)
                 else:
                     if text is None or not text.is_file():
                         raise ConfigError("Give --text FILE (training text) or --task.")
                     config = d.DistillConfig(steps=steps, seq_len=seq_len, lr=lr,
                                              alpha_ce=alpha_ce, top_k=top_k, n_threads=threads)
-                    result = d.distill(_path(student), _path(teacher), out,
+                    result = d.distill(model_file(student), model_file(teacher), out,
                                        text.read_text(encoding="utf-8"), chunks=chunks,
                                        config=config, workdir=work, progress=report)
         if as_json:

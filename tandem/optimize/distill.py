@@ -51,7 +51,7 @@ def teacher_targets(teacher: Path, text: str, cache: Path, *, seq_len: int, top_
                     progress: Callable[[int, int], None] | None = None) -> list[Path]:
     """Per chunk: tokens and the teacher's top-k log-probs at each position (cached, resumable)."""
     from tandem.optimize.metrics import chunks
-    from tandem.optimize.scoring import Scorer
+    from tandem.scoring import Scorer
 
     cache.mkdir(parents=True, exist_ok=True)
     scorer: Scorer | None = None
@@ -194,8 +194,8 @@ def task_distill(student: Path, teacher: Path, out: Path, items: Sequence[Any], 
 
     from tandem.optimize.gguf_io import write_f32_like
     from tandem.optimize.metrics import choose
-    from tandem.optimize.scoring import Scorer
     from tandem.optimize.torch_llama import load_model
+    from tandem.scoring import Scorer
 
     workdir.mkdir(parents=True, exist_ok=True)
     answers_path = workdir / "teacher_answers.json"

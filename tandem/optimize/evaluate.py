@@ -21,24 +21,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tandem.datadirs import cache_dir, file_sha256
 from tandem.errors import ConfigError
-from tandem.optimize.gguf_io import file_sha256, summarize
+from tandem.optimize.gguf_io import summarize
 from tandem.optimize.metrics import Choice, StreamStats, accuracy, choose, chunks
 
 ALL_TASKS = ("ppl", "kld", "arc_easy", "piqa", "perf")
 MC_FILES = {"arc_easy": "arc_easy_dev.jsonl", "piqa": "piqa_dev.jsonl"}
 PPL_FILE = "wikitext2_test.raw"
 DATA_ENV = "TANDEM_DATA_DIR"
-CACHE_ENV = "TANDEM_EVAL_CACHE"
-REPO_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 Progress = Callable[[str, int, int], None]  # (phase label, done, total)
-
-
-def default_data_dir() -> Path:
-    """``$TANDEM_DATA_DIR``, else the evaluation data next to a source checkout."""
-    env = os.environ.get(DATA_ENV)
-    return Path(env) if env else REPO_DATA
 
 
 @dataclass(frozen=True)
@@ -72,13 +65,7 @@ class ResultCache:
     """One JSON file per model hash: ``{section key: result}`` (``$TANDEM_EVAL_CACHE`` moves it)."""
 
     def __init__(self, directory: Path | None = None):
-        if directory is None and os.environ.get(CACHE_ENV):
-            directory = Path(os.environ[CACHE_ENV])
-        if directory is None:
-            from platformdirs import user_cache_path
-
-            directory = user_cache_path("tandem") / "evaluate"
-        self.directory = directory
+        self.directory = directory if directory is not None else cache_dir("evaluate")
 
     def _file(self, sha: str) -> Path:
         return self.directory / f"{sha[:32]}.json"
@@ -166,7 +153,7 @@ def _ppl_key(options: EvalOptions, ref: _Model | None, text_hash: str) -> str:
 
 def _perplexity(todo: list[_Model], ref: _Model | None, options: EvalOptions,
                 cache: ResultCache, progress: Progress | None) -> None:
-    from tandem.optimize.scoring import Scorer
+    from tandem.scoring import Scorer
 
     text_path = options.data_dir / PPL_FILE
     key = _ppl_key(options, ref, _short_hash(text_path))
@@ -247,7 +234,7 @@ def load_items(path: Path, limit: int | None) -> list[Choice]:
 
 def _multiple_choice(todo: list[_Model], task: str, options: EvalOptions, cache: ResultCache,
                      progress: Progress | None) -> None:
-    from tandem.optimize.scoring import Scorer
+    from tandem.scoring import Scorer
 
     path = options.data_dir / MC_FILES[task]
     key = f"{task}|{_short_hash(path)}|items{options.items}"

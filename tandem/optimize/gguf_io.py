@@ -8,7 +8,6 @@ metadata, so the result can be re-quantized or used as a full-precision referenc
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import uuid
@@ -45,7 +44,6 @@ _INT_TYPES = frozenset(
     }
 )
 _OUT_FTYPES = {"F32": LlamaFileType.ALL_F32, "F16": LlamaFileType.MOSTLY_F16}
-_SHA_BLOCK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -168,15 +166,6 @@ def summarize(path: Path) -> ModelSummary:
     """Summarize a GGUF file from its header alone (tensor data is not read)."""
     path = Path(path)
     return _summary(path, _open_reader(path))
-
-
-def file_sha256(path: Path) -> str:
-    """The hex SHA-256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        while block := f.read(_SHA_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _copy_value(field: ReaderField) -> tuple[Any, GGUFValueType, GGUFValueType | None]:

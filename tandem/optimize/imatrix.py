@@ -260,7 +260,7 @@ def compute_imatrix(
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[Imatrix, dict[str, float]]:
     """Collect the importance matrix of ``model`` over ``text``; also returns its perplexity."""
-    from tandem.optimize.scoring import quiet_llama
+    from tandem.scoring import quiet_llama
 
     with quiet_llama():
         return _collect(model, text, dataset, n_ctx, limit, n_threads, progress)
@@ -278,7 +278,7 @@ def _collect(
     import llama_cpp
 
     from tandem.optimize.metrics import StreamStats
-    from tandem.optimize.scoring import log_softmax
+    from tandem.scoring import log_softmax
 
     result = Imatrix(datasets=[dataset], chunk_size=n_ctx)
     collector = _Collector(result)

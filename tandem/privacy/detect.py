@@ -50,6 +50,7 @@ from presidio_analyzer.nlp_engine import NlpArtifacts, SpacyNlpEngine
 from presidio_analyzer.predefined_recognizers import CreditCardRecognizer, PhoneRecognizer
 
 from tandem.errors import ConfigError
+from tandem.privacy.types import Finding
 from tandem.settings import DEFAULT_PRIVACY_CATEGORIES
 
 # Everything the detector knows; the default set (in settings) leaves out the rarer ones.
@@ -130,30 +131,6 @@ _DATE_CUE = re.compile(
 )
 _DATE_CUE_BEFORE = 50
 _DATE_CUE_AFTER = 25
-
-
-@dataclass(frozen=True)
-class Finding:
-    category: str
-    start: int
-    end: int
-    text: str
-    score: float
-    # A quasi-identifier (a given name alone, a date tied to no one): redacted only next to
-    # other personal data. Only the NER configuration marks findings weak.
-    weak: bool = False
-
-    def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "category": self.category,
-            "start": self.start,
-            "end": self.end,
-            "text": self.text,
-            "score": round(self.score, 3),
-        }
-        if self.weak:
-            out["weak"] = True
-        return out
 
 
 @dataclass(frozen=True)

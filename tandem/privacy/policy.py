@@ -18,19 +18,12 @@ import json
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any, Literal
 
 from tandem.local.chat import Message
-from tandem.privacy.detect import DEFAULT_CATEGORIES, Detector, Finding, supported
+from tandem.privacy.detect import DEFAULT_CATEGORIES, Detector, supported
 from tandem.privacy.redact import Placeholders, Restorer, redact_messages
-
-
-class PrivacyMode(StrEnum):
-    LOCAL_ONLY = "local_only"
-    REDACT = "redact"
-    ALLOW = "allow"
-
+from tandem.privacy.types import Finding, PrivacyMode
 
 _STRICTNESS = {PrivacyMode.ALLOW: 0, PrivacyMode.REDACT: 1, PrivacyMode.LOCAL_ONLY: 2}
 

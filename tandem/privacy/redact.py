@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from tandem.local.chat import Message
-from tandem.privacy.detect import Finding
+from tandem.privacy.types import Finding
 
 PLACEHOLDER = re.compile(r"<([A-Z][A-Z_]*)_(\d+)>")
 _MAX_PLACEHOLDER = 40  # longest spelling of a placeholder, "&lt; EMAIL_ADDRESS_1234 &gt;"

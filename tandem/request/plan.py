@@ -18,7 +18,7 @@ from tandem.errors import (
     TandemError,
     TierUnavailableError,
 )
-from tandem.privacy.policy import PrivacyMode
+from tandem.privacy.types import PrivacyMode
 from tandem.routing.device import DeviceState
 from tandem.routing.policy import Action, RequestContext, RouteDecision, RoutingPolicy
 from tandem.tiers import EngineState, Tier

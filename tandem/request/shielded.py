@@ -12,8 +12,9 @@ from tandem.errors import TandemError
 from tandem.events import Finish, StreamEvent, TokenEvent
 from tandem.local.chat import Message
 from tandem.metrics import GatewayMetrics
-from tandem.privacy.policy import CloudShield, PrivacyGuard, PrivacyMode, digest
+from tandem.privacy.policy import CloudShield, PrivacyGuard, digest
 from tandem.privacy.redact import Placeholders
+from tandem.privacy.types import PrivacyMode
 from tandem.tiers import CloudTier
 from tandem.turn import Turn, cloud_body
 

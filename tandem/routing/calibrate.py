@@ -31,7 +31,7 @@ _FIELDS = ("prompt", "query", "context", "question", "content")
 def read_prompts(path: Path | None, data_dir: Path | None = None) -> list[str]:
     """Prompts from JSON lines (a prompt field, or MT-Bench's ``turns``) or plain text lines."""
     if path is None:
-        from tandem.optimize.evaluate import default_data_dir
+        from tandem.datadirs import default_data_dir
 
         path = (data_dir or default_data_dir()) / MT_BENCH
     try:

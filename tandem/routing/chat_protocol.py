@@ -314,7 +314,7 @@ def _model_sha(path: Path) -> str:
 
 @functools.cache
 def _sha_of(path: str, size: int, mtime_ns: int) -> str:
-    from tandem.optimize.gguf_io import file_sha256
+    from tandem.datadirs import file_sha256
 
     return file_sha256(Path(path))
 

@@ -48,8 +48,8 @@ CloudUrl = Annotated[str | None, typer.Option(
 def load_rows(task: str, data: Path | None, data_dir: Path | None, limit: int | None,
               local: str, cloud: str, threads: int | None, console: Console) -> Any:
     """A task's items with both tiers' per-item results (measured now unless cached)."""
-    from tandem.optimize.commands import _path, _progress
-    from tandem.optimize.evaluate import default_data_dir
+    from tandem.clikit import model_file, progress_bar
+    from tandem.datadirs import default_data_dir
     from tandem.routing.evaluate import build_rows
     from tandem.routing.tasks import TASK_FILES, default_cache_dir, load_task, run_items
 
@@ -60,9 +60,10 @@ def load_rows(task: str, data: Path | None, data_dir: Path | None, limit: int | 
     items = load_task(task, path, limit)
     if task == "mmlu":
         return build_rows(task, items)
-    with _progress(console) as progress:
-        local_recs = run_items(_path(local), task, items, default_cache_dir(), threads, progress)
-        cloud_recs = run_items(_path(cloud), task, items, default_cache_dir(), threads, progress)
+    cache = default_cache_dir()
+    with progress_bar(console) as progress:
+        local_recs = run_items(model_file(local), task, items, cache, threads, progress)
+        cloud_recs = run_items(model_file(cloud), task, items, cache, threads, progress)
     return build_rows(task, items, local_recs, cloud_recs)
 
 
@@ -70,13 +71,13 @@ def load_chat_rows(task: str, data_dir: Path | None, limit: int | None, local: s
                    cloud: str, cloud_url: str | None, part: str, k: int, console: Console
                    ) -> Any:
     """A task's chat-protocol rows: both tiers' generated answers, graded."""
-    from tandem.optimize.commands import _progress
-    from tandem.optimize.evaluate import default_data_dir
+    from tandem.clikit import progress_bar
+    from tandem.datadirs import default_data_dir
     from tandem.routing.chat_protocol import chat_rows, collect, task_items
     from tandem.routing.tasks import default_cache_dir
 
     items = task_items(task, data_dir or default_data_dir(), limit, part)
-    with _progress(console) as progress:
+    with progress_bar(console) as progress:
         lo, cl = collect(task, items, local, cloud, cloud_url, default_cache_dir(), progress)
     return chat_rows(task, items, lo, cl, k)
 
@@ -98,7 +99,11 @@ def _table(result: dict[str, Any]) -> Table:
 
 def register(app: typer.Typer, console: Console,
              clear_errors: Callable[[], contextlib.AbstractContextManager[None]]) -> None:
-    """Add the routing commands to ``app``."""
+    """Add the routing commands to ``app``.
+
+    Long by nature: a table of commands, one nested function each (typer reads their
+    signatures as the options).
+    """
 
     @app.command("route-eval")
     def route_eval(

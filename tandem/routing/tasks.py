@@ -39,7 +39,6 @@ TASK_FILES = {
     "mmlu": "routellm_mmlu",
 }
 MULTIPLE_CHOICE = ("arc_easy", "piqa")
-CACHE_ENV = "TANDEM_ROUTE_CACHE"
 # Bump when a record's meaning changes: old records are then ignored, not misread.
 PROTOCOL = "v1"
 LAMBADA_MAX_TOKENS = 8
@@ -123,11 +122,9 @@ def _bool(value: str, file: Path) -> bool:
 
 
 def default_cache_dir() -> Path:
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
-    from platformdirs import user_cache_path
+    from tandem.datadirs import cache_dir
 
-    return user_cache_path("tandem") / "route-eval"
+    return cache_dir("route-eval")
 
 
 class ItemCache:
@@ -172,8 +169,8 @@ def run_items(model: Path, task: str, items: list[Item], cache_dir: Path,
               n_threads: int | None = None, progress: Progress | None = None
               ) -> dict[str, dict[str, Any]]:
     """Each item's record for ``model`` (measured now unless cached)."""
-    from tandem.optimize.gguf_io import file_sha256
-    from tandem.optimize.scoring import Scorer
+    from tandem.datadirs import file_sha256
+    from tandem.scoring import Scorer
 
     cache = ItemCache(cache_dir, file_sha256(model), task)
     records = cache.load()
@@ -214,7 +211,7 @@ def run_choice(scorer: Any, item: Item) -> dict[str, Any]:
 
 def run_lambada(scorer: Any, item: Item) -> dict[str, Any]:
     """Greedy decoding of the passage's next word, with each step's confidence statistics."""
-    from tandem.optimize.scoring import log_softmax
+    from tandem.scoring import log_softmax
 
     llm = scorer.llm
     ctx = scorer.tokenize(str(item.fields["context"]), special=True)

@@ -17,8 +17,9 @@ from dataclasses import replace
 from tandem.events import Finish, TokenEvent
 from tandem.gateway import Gateway
 from tandem.local.chat import Message
-from tandem.privacy.policy import PrivacyMode, strictest
+from tandem.privacy.policy import strictest
 from tandem.privacy.redact import Placeholders
+from tandem.privacy.types import PrivacyMode
 from tandem.sessions.store import Answer, SessionStore, SessionStoreError, Status
 from tandem.turn import GatewayEvent, RouteInfo, Turn
 

@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 import pytest
 from fastapi.testclient import TestClient
 
-from tandem.faults import Fault, FaultProxy
+from bench.faultproxy import Fault, FaultProxy
 from tandem.server import create_app
 from tandem.settings import Settings
 

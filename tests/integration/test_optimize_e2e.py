@@ -22,7 +22,7 @@ from tandem.cli import app
 from tandem.optimize.gguf_io import dequantize, summarize
 from tandem.optimize.imatrix import compute_imatrix
 from tandem.optimize.quantize import quantize
-from tandem.optimize.scoring import Scorer
+from tandem.scoring import Scorer
 
 FIXTURES = Path(__file__).parents[1] / "data" / "optimize"
 PROMPT = "The capital of France is"

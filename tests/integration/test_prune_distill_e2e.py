@@ -22,8 +22,8 @@ from tandem.catalog import bundled_path
 from tandem.optimize.distill import DistillConfig, distill
 from tandem.optimize.gguf_io import dequantize, summarize
 from tandem.optimize.prune import PruneSpec, prune
-from tandem.optimize.scoring import Scorer
 from tandem.optimize.torch_llama import load_model
+from tandem.scoring import Scorer
 from tests.integration.gateway_proc import gateway_process
 
 FIXTURES = Path(__file__).parents[1] / "data" / "optimize"

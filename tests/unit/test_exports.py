@@ -7,6 +7,7 @@ def test_public_surface_is_small_and_importable() -> None:
         "Gateway",
         "GenerationParams",
         "RouteInfo",
+        "Runtime",
         "Settings",
         "TandemError",
         "TokenEvent",

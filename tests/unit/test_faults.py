@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from tandem.faults import Fault, FaultProxy
+from bench.faultproxy import Fault, FaultProxy
 
 MODELS = {"object": "list", "data": [{"id": "stand-in", "object": "model"}]}
 MODELS_BODY = json.dumps(MODELS).encode()

@@ -13,9 +13,10 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFValueTy
 from gguf.quants import dequantize as gguf_dequantize
 from gguf.quants import quantize
 
+from tandem.datadirs import file_sha256
 from tandem.errors import ConfigError
 from tandem.optimize import gguf_io
-from tandem.optimize.gguf_io import dequantize, file_sha256, summarize
+from tandem.optimize.gguf_io import dequantize, summarize
 
 Q = GGMLQuantizationType
 RNG = np.random.default_rng(1234)

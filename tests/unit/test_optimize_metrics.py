@@ -20,7 +20,7 @@ from tandem.optimize.metrics import (
     perplexity_and_kld,
 )
 from tandem.optimize.quantize import QuantizePlan, parse_log
-from tandem.optimize.scoring import log_softmax
+from tandem.scoring import log_softmax
 
 
 def test_log_softmax_normalises_each_row() -> None:

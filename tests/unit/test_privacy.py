@@ -9,9 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tandem.errors import ConfigError
-from tandem.privacy.detect import Detector, Finding
-from tandem.privacy.policy import PrivacyGuard, PrivacyMode, strictest
+from tandem.privacy.detect import Detector
+from tandem.privacy.policy import PrivacyGuard, strictest
 from tandem.privacy.redact import Placeholders, Restorer, redact_text
+from tandem.privacy.types import Finding, PrivacyMode
 
 SAMPLE = (
     "I'm Maria Gonzalez (maria.gonzalez@example.org, +44 20 7946 0958). Card 4111 1111 1111 "
