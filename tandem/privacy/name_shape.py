@@ -161,6 +161,35 @@ def _sentence(text: str, s: int, e: int) -> str:
     return before + " " + after
 
 
+# A character the user asks the model to play, imitate or stage ("Pretend to be Elon Musk",
+# "Embody the persona of Tony Stark", "in the style of Jane Austen", "a conversation between
+# Socrates and Bill Gates"): most likely a figure of the prompt's fiction. Only right after the
+# phrase (a list of names joined by "and" for "between"), never after a cue ("pretend to be my
+# neighbour Sarah Klein": the cue wins) nor before a relation ("Maria Gonzalez, my landlord").
+_ROLE_BEFORE_NAME = regex.compile(
+    r"(?i)\b(?:pretend(?:ing)?\s+(?:yourself\s+|you\s+are\s+)?(?:to\s+be\s+)?"
+    r"|act(?:ing)?\s+(?:like|as)\s+|(?:role|part|persona|voice|character)\s+of\s+"
+    r"|impersonat(?:e|ing)\s+|embody(?:ing)?\s+|channel(?:ling)?\s+"
+    r"|(?:speak|talk|write|think|answer|respond)(?:ing)?\s+like\s+"
+    r"|in\s+the\s+(?:style|manner|voice|words)\s+of\s+|as\s+if\s+you\s+were\s+"
+    r"|(?:conversation|dialogue|debate|discussion|interview|chat)\s+between\s+"
+    r"(?:[\p{Lu}][\p{L}.'’-]*\s+){0,3}(?:and\s+)?)(?:the\s+(?:famous\s+)?)?$"
+)
+
+
+_RELATION_AFTER_NAME = regex.compile(
+    r"(?i)^(?:'s)?[ \t]*[,(–—-]?[ \t]*(?:who\s+is\s+|she\s+is\s+|he\s+is\s+)?"
+    r"(?:my|our|his|her|their|your)\b"
+)
+
+
+def _role_played(text: str, s: int, e: int) -> bool:
+    """Whether the name at ``s:e`` is a character the prompt asks the model to play or stage."""
+    if _RELATION_AFTER_NAME.search(text[e : e + 30]):
+        return False
+    return _ROLE_BEFORE_NAME.search(text[max(0, s - 60) : s]) is not None
+
+
 def _greeting(text: str, s: int) -> bool:
     """Whether the cue before ``s`` is a greeting or a mail header ("Hi", "Dear", "To:")."""
     return _GREETING_BEFORE.search(text[max(0, s - 12) : s]) is not None

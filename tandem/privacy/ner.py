@@ -60,6 +60,7 @@ from tandem.privacy.name_shape import (
     _looks_like_name,
     _model_name,
     _person_context,
+    _role_played,
     _trim,
     _trim_end,
     _vouched,
@@ -359,6 +360,11 @@ def _person_spans(
     ]:
         public.add(sp)
         del accepted[sp]
+    # A character the prompt asks the model to play or stage, uncued, is weak: redacted only
+    # when the conversation holds other personal data (a role given a private person's
+    # details is still protected).
+    for sp in [sp for sp in accepted if sp not in cued and _role_played(text, *sp)]:
+        accepted[sp] = (accepted[sp][0], True)
     strong_full = [sp for sp, (_, weak) in accepted.items() if not weak]
     for sp in names.mentions(text, strong_full):
         if any(s < sp[1] and sp[0] < e for (s, e) in public):

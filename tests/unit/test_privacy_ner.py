@@ -104,7 +104,56 @@ def test_a_date_tied_to_no_one_is_not_redacted(detector: Detector) -> None:
 def test_public_figures_named_in_full_stay_unless_cued(detector: Detector) -> None:
     assert detector.find("Pretend to be Elon Musk and pitch a rocket to Bill Gates.") == []
     assert people(detector, "Email a summary to my colleague Bill Gates.") == ["Bill Gates"]
-    assert people(Detector(public_figures=False), "Pretend to be Elon Musk.") == ["Elon Musk"]
+    # Without the list, a famous name outside a staged role is a name like any other.
+    assert people(Detector(public_figures=False), "Send the draft to Elon Musk.") == ["Elon Musk"]
+
+
+def redacted(guard: PrivacyGuard, text: str) -> dict[str, int]:
+    shield = guard.shield([{"role": "user", "content": text}], PrivacyMode.REDACT, Placeholders())
+    assert shield is not None
+    return dict(shield.counts)
+
+
+@pytest.fixture(scope="module")
+def no_list_guard() -> PrivacyGuard:
+    return PrivacyGuard(ner=True, public_figures=False)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Pretend yourself to be Ingrid Halvorsen and answer as she would.",
+        "Embody the persona of Marcus Feld from the novel throughout this conversation.",
+        "Rewrite this paragraph in the style of Odile Marchetti.",
+        "Write a debate between Tariq Osei and Lena Vogt on tidal power.",
+    ],
+)
+def test_a_character_the_prompt_stages_is_not_redacted_alone(
+    no_list_guard: PrivacyGuard, text: str
+) -> None:
+    # Names no list holds: the phrase before them, not the name, makes them a character.
+    assert redacted(no_list_guard, text) == {}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # A cue before the name, or a relation after it: a real person.
+        ("Pretend to be my neighbour Ingrid Halvorsen and write her a note.", {"PERSON": 1}),
+        ("Act as Ingrid Halvorsen, my landlord, and reply to my complaint.", {"PERSON": 1}),
+        # A role given a private person's details: the name goes with them.
+        (
+            "Pretend to be Ingrid Halvorsen and call 415-555-0132 to confirm the booking.",
+            {"PERSON": 1, "PHONE_NUMBER": 1},
+        ),
+        # No staging phrase right before the name.
+        ("Write an email to Ingrid Halvorsen in the style of Shakespeare.", {"PERSON": 1}),
+    ],
+)
+def test_a_staged_name_is_redacted_when_the_text_says_a_real_person_is_meant(
+    no_list_guard: PrivacyGuard, text: str, expected: dict[str, int]
+) -> None:
+    assert redacted(no_list_guard, text) == expected
 
 
 CUED = [
