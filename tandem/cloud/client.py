@@ -13,11 +13,10 @@ stays open until a health probe sees it answer again.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
-from contextlib import AsyncExitStack, aclosing, asynccontextmanager, contextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import AsyncExitStack, aclosing, asynccontextmanager
 from typing import TYPE_CHECKING, Any, cast
 
 import anyio
@@ -25,6 +24,12 @@ import httpx
 from pydantic import SecretStr
 
 from tandem.cloud.breaker import CircuitBreaker
+from tandem.cloud.errors import (
+    FIRST_TOKEN_TIMEOUT,
+    REQUEST_REJECTED,
+    CloudErrors,
+    canonical_json,
+)
 from tandem.cloud.stream import CloudChunk, CloudCompletion, TokenLogprob, read_chunks
 from tandem.errors import CloudError
 
@@ -43,12 +48,6 @@ PREFILL_TOKENS_PER_S = 2000.0  # a cautious prefill rate for a cloud server
 # A stream that produced a chunk this recently shows the endpoint is up: no probe is needed.
 STREAM_PROOF_S = 5.0
 
-FIRST_TOKEN_TIMEOUT = "cloud_first_token_timeout"
-
-# Codes of CloudError that blame the request, not the endpoint: they do not trip the breaker.
-_REQUEST_REJECTED = "cloud_rejected_request"
-# HTTP statuses that say the endpoint is unusable rather than that the request was wrong.
-_ENDPOINT_STATUSES = {401, 403, 404, 408, 429}
 
 
 class CloudClient:
@@ -90,6 +89,9 @@ class CloudClient:
         self.healthy: bool | None = None  # None until the first probe or request settles it
         self.rtt_ms: float | None = None
         self.last_error: str | None = None
+        self._errors = CloudErrors(
+            self.base_url, api_key, connect_timeout_s, read_timeout_s, first_token_s
+        )
         self._http = httpx.AsyncClient(
             transport=transport,
             timeout=httpx.Timeout(read_timeout_s, connect=connect_timeout_s),
@@ -196,7 +198,7 @@ class CloudClient:
                         )
                         # Closed with the stream, also when left suspended at the first token.
                         chunks = await stack.enter_async_context(
-                            aclosing(cast(_Chunks, read_chunks(response, self._redact)))
+                            aclosing(cast(_Chunks, read_chunks(response, self._errors.redact)))
                         )
                         async for chunk in chunks:
                             self._saw_chunk(first_token)
@@ -206,13 +208,13 @@ class CloudClient:
                     finally:
                         del self._first_token_waits[first_token]
                 if first_token.cancelled_caught:
-                    raise self._first_token_error(wait_s, shortened=wait_s < own_s)
+                    raise self._errors.first_token(wait_s, shortened=wait_s < own_s)
                 for chunk in head:
                     yield chunk
                 async for chunk in chunks:
                     self._saw_chunk()
                     if self._clock() - started > self._deadline_s:
-                        raise self._error(
+                        raise self._errors.make(
                             f"The cloud at {self.base_url} did not finish within "
                             f"{self._deadline_s} s (cloud_deadline_s).",
                             "cloud_deadline",
@@ -282,7 +284,7 @@ class CloudClient:
         started = self._clock()
         if on_send is not None:
             on_send(content, self.base_url)
-        with self._mapped_errors():
+        with self._errors.mapped():
             request = self._http.build_request(
                 "POST", url, content=content, headers=self._headers()
             )
@@ -291,7 +293,7 @@ class CloudClient:
                 self._record_rtt(self._clock() - started)
                 if response.is_error:
                     await response.aread()
-                    raise self._status_error(response)
+                    raise self._errors.status(response)
                 yield response
             finally:
                 await response.aclose()
@@ -317,12 +319,12 @@ class CloudClient:
                 if read_s >= self._read_timeout_s
                 else "cloud_first_token_floor_s"
             )
-            with self._mapped_errors(read_s, setting):
+            with self._errors.mapped(read_s, setting):
                 url = f"{self.base_url}/models"
                 timeout = self._probe_timeout()
                 response = await self._http.get(url, headers=self._headers(), timeout=timeout)
                 if response.is_error:
-                    raise self._status_error(response)
+                    raise self._errors.status(response)
         except CloudError as exc:
             last = self._last_chunk_at
             if last is not None and last >= started:  # a stream answered meanwhile
@@ -416,7 +418,7 @@ class CloudClient:
         self.breaker.record_success()
 
     def _record_failure(self, exc: CloudError, *, until_probe: bool = False) -> None:
-        if exc.code == _REQUEST_REJECTED:
+        if exc.code == REQUEST_REJECTED:
             # The endpoint answered; only the request was wrong.
             self._record_success()
             return
@@ -432,90 +434,11 @@ class CloudClient:
         else:
             self.breaker.record_failure()
 
-    # --- errors and secrets ----------------------------------------------------------------
-
     def _headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json"}
         if self._api_key is not None:
             headers["Authorization"] = f"Bearer {self._api_key.get_secret_value()}"
         return headers
-
-    def _redact(self, text: str) -> str:
-        if self._api_key is not None:
-            secret = self._api_key.get_secret_value()
-            if secret:
-                text = text.replace(secret, "***")
-        return text
-
-    @contextmanager
-    def _mapped_errors(
-        self, read_timeout_s: float | None = None, read_setting: str = "cloud_read_timeout_s"
-    ) -> Iterator[None]:
-        """Turn httpx exceptions into CloudError with a message that says what to check
-        (``read_timeout_s`` and ``read_setting``: the read timeout in force and what sets it)."""
-        url = self.base_url
-        read_s = self._read_timeout_s if read_timeout_s is None else read_timeout_s
-        try:
-            yield
-        except httpx.ConnectTimeout as exc:
-            raise self._error(
-                f"Could not connect to the cloud at {url} within {self._connect_timeout_s} s: "
-                "check cloud_url and that the server is up and reachable.",
-                "cloud_timeout",
-            ) from exc
-        except httpx.TimeoutException as exc:
-            raise self._error(
-                f"The cloud at {url} sent nothing for {read_s:g} s: the server may "
-                f"be overloaded; raise {read_setting} if it is just slow.",
-                "cloud_timeout",
-            ) from exc
-        except httpx.ConnectError as exc:
-            raise self._error(
-                f"Cannot connect to the cloud at {url} ({type(exc).__name__}): check cloud_url "
-                "and that the server is up.",
-                "cloud_unreachable",
-            ) from exc
-        except httpx.HTTPError as exc:
-            raise self._error(
-                f"The connection to the cloud at {url} failed ({type(exc).__name__}: {exc}): "
-                "check that the server is up and that cloud_url points at an "
-                "OpenAI-compatible API.",
-                "cloud_unreachable",
-            ) from exc
-
-    def _status_error(self, response: httpx.Response) -> CloudError:
-        status = response.status_code
-        detail = _error_detail(response)
-        where = f"The cloud at {self.base_url} answered HTTP {status}"
-        if status in (401, 403):
-            hint = "check cloud_api_key (TANDEM_CLOUD_API_KEY)."
-        elif status == 404:
-            hint = "check that cloud_url ends with the API root, e.g. .../v1."
-        elif 400 <= status < 500 and status not in _ENDPOINT_STATUSES:
-            return self._error(f"{where}: {detail}", _REQUEST_REJECTED)
-        else:
-            hint = "the server is failing; check its logs."
-        return self._error(f"{where}: {detail}; {hint}", "cloud_http_error")
-
-    def _first_token_error(self, wait_s: float, *, shortened: bool) -> CloudError:
-        if shortened:
-            setting = "the cloud tier's remaining first-token budget"
-        elif self._first_token_s is not None:
-            setting = "cloud_first_token_s"
-        else:
-            setting = (
-                "derived from the round trip and the prompt's size; set cloud_first_token_s or "
-                "raise cloud_first_token_floor_s if the cloud is just slow to start"
-            )
-        return self._error(
-            f"The cloud at {self.base_url} sent no first token within {wait_s:.3g} s of the "
-            f"request, connect included ({setting}): the link may be half-open or dead, or "
-            "the server stalled.",
-            FIRST_TOKEN_TIMEOUT,
-        )
-
-    def _error(self, message: str, code: str) -> CloudError:
-        return CloudError(self._redact(message), code=code)
 
 
 def _answers(chunk: CloudChunk) -> bool:
@@ -525,24 +448,3 @@ def _answers(chunk: CloudChunk) -> bool:
 
 def _first(new: int | None, old: int | None) -> int | None:
     return new if new is not None else old
-
-
-def _error_detail(response: httpx.Response) -> str:
-    """The server's own error message, from an OpenAI-shaped body or the raw text."""
-    try:
-        payload = response.json()
-    except ValueError:
-        return response.text[:300] or response.reason_phrase
-    if isinstance(payload, dict):
-        error = payload.get("error", payload.get("detail"))
-        if isinstance(error, dict) and isinstance(error.get("message"), str):
-            return str(error["message"])[:300]
-        if error is not None:
-            return str(error)[:300]
-    return str(payload)[:300]
-
-
-def canonical_json(body: dict[str, Any]) -> bytes:
-    """One fixed serialization (key order as built, compact, UTF-8), so that requests of one
-    conversation share a byte-identical prefix."""
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")

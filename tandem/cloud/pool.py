@@ -23,7 +23,8 @@ from typing import Any
 import anyio
 
 from tandem.cloud.breaker import CircuitBreaker
-from tandem.cloud.client import FIRST_TOKEN_TIMEOUT, CloudClient, OnSend
+from tandem.cloud.client import CloudClient, OnSend
+from tandem.cloud.errors import FIRST_TOKEN_TIMEOUT
 from tandem.cloud.stream import CloudChunk
 from tandem.errors import CloudError
 
