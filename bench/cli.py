@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from tandem.cli import clear_errors, console
+from tandem.clikit import clear_errors, console
 from tandem.settings import load_settings
 
 BenchOut = Annotated[

@@ -12,20 +12,21 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
+from tandem.clikit import clear_errors, console
 from tandem.settings import KvType, Settings, default_sessions_db, load_settings
 
 app = typer.Typer(help="Tandem: an on-device LLM gateway with a cloud tier.", no_args_is_help=True)
 privacy_app = typer.Typer(help="Check what the privacy policy finds and redacts.")
 app.add_typer(privacy_app, name="privacy")
-console = Console()
 
 CloudUrl = Annotated[
     str | None, typer.Option(help="OpenAI-compatible cloud base URL (default: stand-in cloud)")
 ]
 Model = Annotated[str | None, typer.Option("--model", help="Bundled model name or GGUF path")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print the JSON result")]
+
+
 @contextlib.contextmanager
 def _cloud_tier(settings: Settings) -> Iterator[Settings]:
     """Settings with a cloud URL: the configured one, or a stand-in cloud started here."""
@@ -37,18 +38,6 @@ def _cloud_tier(settings: Settings) -> Iterator[Settings]:
     console.print(f"[dim]Starting the stand-in cloud ({settings.standin_model})…[/dim]")
     with StandinCloud.from_settings(settings) as standin:
         yield settings.model_copy(update={"cloud_url": standin.base_url})
-
-
-@contextlib.contextmanager
-def clear_errors() -> Iterator[None]:
-    """Report Tandem's own errors (bad settings, unusable files) as one line, not a traceback."""
-    from tandem.errors import TandemError
-
-    try:
-        yield
-    except TandemError as exc:
-        console.print(f"[red]error:[/red] {exc.message}", soft_wrap=True)
-        raise typer.Exit(1) from None
 
 
 @app.command()
@@ -285,7 +274,9 @@ def _register_optimization_commands() -> None:
     register_routing(app, console, clear_errors)
     try:  # the benchmarks ship with a source checkout, not with the package
         from bench.cli import register as register_benchmarks
-    except ImportError:
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("bench", "bench.cli"):
+            raise  # a benchmark's own dependency is missing: say so, do not hide `tandem bench`
         return
     register_benchmarks(app)
 

@@ -1,4 +1,6 @@
-"""What the command groups share: naming a model file, and a progress bar per phase."""
+"""What the command groups share: the console, the one-line report of Tandem's own errors,
+naming a model file, and a progress bar per phase. ``tandem.cli`` and the optional
+``bench.cli`` both import from here, so neither imports the other's module."""
 
 from __future__ import annotations
 
@@ -7,10 +9,23 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from tandem.errors import ConfigError
+from tandem.errors import ConfigError, TandemError
+
+console = Console()
+
+
+@contextlib.contextmanager
+def clear_errors() -> Iterator[None]:
+    """Report Tandem's own errors (bad settings, unusable files) as one line, not a traceback."""
+    try:
+        yield
+    except TandemError as exc:
+        console.print(f"[red]error:[/red] {exc.message}", soft_wrap=True)
+        raise typer.Exit(1) from None
 
 
 def model_file(spec: str) -> Path:
