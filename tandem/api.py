@@ -13,6 +13,7 @@ from pydantic_core import PydanticCustomError
 from tandem.events import Finish, GenerationParams, TokenEvent
 from tandem.local.chat import Message
 from tandem.privacy.types import PrivacyMode
+from tandem.structured import OutputFormat, parse_response_format
 from tandem.turn import RouteInfo, RoutePreference, Turn
 
 Role = Literal["system", "developer", "user", "assistant"]
@@ -60,12 +61,6 @@ UNSUPPORTED_FIELDS: dict[str, tuple[Callable[[Any], bool], str | None, str]] = {
     "frequency_penalty": (_zero, "0", "repetition penalties are not implemented"),
     "presence_penalty": (_zero, "0", "repetition penalties are not implemented"),
     "logit_bias": (_same({}), "{}", "token biases are not implemented"),
-    "response_format": (
-        _same({"type": "text"}),
-        '{"type": "text"}',
-        "structured output is not implemented, so the answer would not be constrained to "
-        "JSON (ask for JSON in the prompt instead)",
-    ),
     "tools": (_same([]), "[]", "tool calling is not implemented"),
     "tool_choice": (_same("none"), '"none"', "tool calling is not implemented"),
     # Meaningless without tools, and a request with tools is refused on 'tools'.
@@ -227,6 +222,37 @@ class TandemOptions(BaseModel):
     privacy: PrivacyMode | None = None  # local_only | redact | allow (default: the gateway's)
 
 
+class JsonSchemaSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    description: str | None = None
+    # "schema" would shadow a BaseModel attribute: the alias keeps the wire name.
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class TextFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text"]
+
+
+class JsonObjectFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["json_object"]
+
+
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaSpec
+
+
+ResponseFormat = Annotated[
+    TextFormat | JsonObjectFormat | JsonSchemaFormat, Field(discriminator="type")
+]
+
+
 class StreamOptions(BaseModel):
     include_usage: bool = False
 
@@ -249,6 +275,7 @@ class ChatCompletionRequest(BaseModel):
     seed: int | None = None
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
+    response_format: ResponseFormat | None = None
     tandem: TandemOptions = Field(default_factory=TandemOptions)
 
     @model_validator(mode="before")
@@ -288,6 +315,7 @@ class ChatCompletionRequest(BaseModel):
             seed=self.seed,
             top_logprobs=(self.top_logprobs or 0) if self.logprobs else 0,
             logprobs=self.logprobs,
+            output=self.output_format(),
         )
         return Turn(
             self.messages_for_model(),
@@ -297,6 +325,12 @@ class ChatCompletionRequest(BaseModel):
             privacy=PrivacyMode(self.tandem.privacy or default_privacy),
             privacy_explicit=self.tandem.privacy is not None,
         )
+
+    def output_format(self) -> OutputFormat | None:
+        """The structured output asked for; raises a 400 naming what cannot be enforced."""
+        if self.response_format is None:
+            return None
+        return parse_response_format(self.response_format.model_dump(by_alias=True))
 
     def messages_for_model(self) -> list[Message]:
         # "developer" is OpenAI's newer name for "system"; chat templates know only the latter.

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from tandem.structured import OutputFormat
 
 # Why a generation ended: the local tier says "stop" or "length"; a cloud answer keeps the
 # cloud's own string ("content_filter", "tool_calls", ...), passed through unchanged.
@@ -21,6 +24,7 @@ class GenerationParams:
     seed: int | None = None
     top_logprobs: int = 0  # alternatives reported per token (0: only the chosen token's)
     logprobs: bool = False  # the client asked for logprobs (the cloud is asked for them too)
+    output: OutputFormat | None = None  # response_format: JSON, or JSON matching a schema
 
 
 @dataclass(frozen=True)

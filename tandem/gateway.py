@@ -224,7 +224,7 @@ class Gateway:
         answer, an error, a client that goes away), the local generation is closed and a
         hedged cloud call still running is cancelled.
         """
-        cascade = Cascade(self.policy, decision, last_user_text(turn.messages))
+        cascade = Cascade(self.policy, decision, last_user_text(turn.messages), turn.params.output)
         local = self.local.stream(messages, turn.params, "", turn.session_id)
         async with aclosing(local), Hedge() as hedge:
 
@@ -243,7 +243,11 @@ class Gateway:
                 return
             checked = time.perf_counter()
             verdict = cascade.check()
-            cloud = await self._cloud_shield(turn) if verdict.escalate else None
+            cloud = (
+                await self._cloud_shield(turn, verdict.escalate_reason)
+                if verdict.escalate
+                else None
+            )
             outcome = "escalated" if cloud is not None else "kept"
             self.metrics.observe_cascade(outcome, checked, cascade.tokens)
             if cloud is None:
@@ -266,9 +270,11 @@ class Gateway:
             async for escalated in self._cloud_or_fallback(turn, source, answer):
                 yield escalated
 
-    async def _cloud_shield(self, turn: Turn) -> tuple[RouteInfo, CloudShield] | None:
+    async def _cloud_shield(
+        self, turn: Turn, reason: str = "cascade_low_confidence"
+    ) -> tuple[RouteInfo, CloudShield] | None:
         """The cascade's escalation: the cloud route and shield, or None (it stays local)."""
-        messages, route = await self._fit(turn, self._cloud("cascade_low_confidence"))
+        messages, route = await self._fit(turn, self._cloud(reason))
         shield = await self._shield(turn, messages)
         return None if shield is None else (route, shield)
 

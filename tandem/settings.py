@@ -125,6 +125,11 @@ class Settings(BaseSettings):
     cloud_url: str | None = Field(None, description="OpenAI-compatible base URL, e.g. .../v1")
     cloud_api_key: SecretStr | None = None
     cloud_model: str = "cloud"
+    cloud_dialect: Literal["openai", "llama_cpp"] = Field(
+        "openai",
+        description="How the cloud takes a JSON schema in response_format: OpenAI's shape "
+        "(OpenAI, vLLM) or llama_cpp.server's {type: json_object, schema} (set for the stand-in)",
+    )
     cloud_n_ctx: int = Field(8192, ge=64, description="Context window of the cloud model")
     cloud_fallback_urls: list[str] = Field(
         default_factory=list,

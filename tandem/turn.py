@@ -97,6 +97,8 @@ def cloud_body(turn: Turn, messages: Sequence[Message] | None = None) -> dict[st
         body["stop"] = list(p.stop)
     if p.seed is not None:
         body["seed"] = p.seed
+    if p.output is not None:
+        body["response_format"] = p.output.wire()
     if p.logprobs:  # the cloud's logprobs are passed on to the client
         body["logprobs"] = True
         if p.top_logprobs:

@@ -32,6 +32,7 @@ from tandem.cloud.errors import (
 )
 from tandem.cloud.stream import CloudChunk, CloudCompletion, TokenLogprob, read_chunks
 from tandem.errors import CloudError
+from tandem.structured import Dialect, for_dialect
 
 if TYPE_CHECKING:
     from tandem.settings import Settings
@@ -62,6 +63,7 @@ class CloudClient:
         *,
         api_key: SecretStr | None = None,
         model: str = "cloud",
+        dialect: Dialect = "openai",
         connect_timeout_s: float = 3.0,
         read_timeout_s: float = 60.0,
         deadline_s: float = 300.0,
@@ -74,6 +76,7 @@ class CloudClient:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.model = model
+        self.dialect = dialect
         self._api_key = api_key
         self._connect_timeout_s = connect_timeout_s
         self._read_timeout_s = read_timeout_s
@@ -110,6 +113,7 @@ class CloudClient:
             base_url,
             api_key=settings.cloud_api_key,
             model=settings.cloud_model,
+            dialect=settings.cloud_dialect,
             connect_timeout_s=settings.cloud_connect_timeout_s,
             read_timeout_s=settings.cloud_read_timeout_s,
             deadline_s=settings.cloud_deadline_s,
@@ -268,6 +272,8 @@ class CloudClient:
             )
 
     def _request_body(self, body: dict[str, Any]) -> dict[str, Any]:
+        if "response_format" in body:
+            body = {**body, "response_format": for_dialect(body["response_format"], self.dialect)}
         return {
             **body,
             "model": self.model,

@@ -12,6 +12,7 @@ from tandem.local.logits import LogitReader
 from tandem.local.textstream import TextAssembler
 
 if TYPE_CHECKING:
+    from tandem.local.constrain import Constraint
     from tandem.local.engine import _Job
 
 # Sampling filters llama.cpp's own server applies by default; OpenAI's temperature/top_p are
@@ -29,9 +30,18 @@ def evaluated_tokens(llm: Any) -> int:
 
 
 def run_generation(
-    llm: Any, reader: LogitReader, tokens: list[int], stops: Sequence[str], job: _Job
+    llm: Any,
+    reader: LogitReader,
+    tokens: list[int],
+    stops: Sequence[str],
+    job: _Job,
+    constraint: Constraint | None = None,
 ) -> None:
-    """Generate for ``job``, sending TokenEvents and a final Finish to its sink."""
+    """Generate for ``job``, sending TokenEvents and a final Finish to its sink.
+
+    With a ``constraint`` (structured output) every step samples among the tokens its grammar
+    allows, and the answer ends when the document is complete; the stop strings still apply.
+    """
     p = job.params
     llm.set_seed(p.seed if p.seed is not None else random.getrandbits(31))
     text = TextAssembler((*stops, *p.stop))
@@ -40,9 +50,21 @@ def run_generation(
     started = time.perf_counter()
     first_token_at: float | None = None
     reason: FinishReason = "length"
+    complete = False  # the constraint's document ended: its last token is not evaluated
     n = 0
+    processors = None
+    if constraint is not None:
+        import llama_cpp
+
+        processors = llama_cpp.LogitsProcessorList([constraint.mask_logits])
     generator = llm.generate(
-        tokens, temp=p.temperature, top_p=p.top_p, top_k=TOP_K, min_p=MIN_P, repeat_penalty=1.0
+        tokens,
+        temp=p.temperature,
+        top_p=p.top_p,
+        top_k=TOP_K,
+        min_p=MIN_P,
+        repeat_penalty=1.0,
+        logits_processor=processors,
     )
     for token in generator:
         if first_token_at is None:
@@ -64,6 +86,13 @@ def run_generation(
         if text.stopped:
             reason = "stop"
             break
+        if constraint is not None:
+            if not constraint.accept(token):
+                raise ValueError(f"the constrained answer left its grammar: {constraint.error}")
+            if constraint.done:
+                reason = "stop"
+                complete = True
+                break
         if n >= budget:
             break
     generator.close()
@@ -73,7 +102,7 @@ def run_generation(
     # The last sampled token is never evaluated: what llama.cpp evaluated beyond the decode
     # steps is the prompt suffix that the KV cache did not already hold.
     evaluated = evaluated_tokens(llm) - evaluated_before
-    decoded = max(n - 1, 0) if reason == "length" or text.stopped else n
+    decoded = max(n - 1, 0) if reason == "length" or text.stopped or complete else n
     ended = time.perf_counter()
     job.sink(
         Finish(

@@ -29,6 +29,7 @@ from typing import Any
 from tandem.errors import ContextLengthError, ModelLoadError, OverloadedError, TandemError
 from tandem.events import GenerationParams, StreamEvent
 from tandem.local.chat import Message, PromptRenderer
+from tandem.local.constrain import Vocabulary
 from tandem.local.kvstate import SessionCache
 from tandem.local.logits import LogitReader
 from tandem.local.memory import check_budget, ggml_kv_type, needs_flash_attn, plan_memory
@@ -76,6 +77,7 @@ class LocalEngine:
         self._llm: Any = None
         self._renderer: PromptRenderer | None = None
         self._logits: LogitReader | None = None
+        self._vocabulary: Vocabulary | None = None  # for structured output, built on first use
         self.state = EngineState.COLD
         self.load_time_s: float | None = None
         self.last_error: str | None = None
@@ -308,11 +310,13 @@ class LocalEngine:
         """Fail the current and every queued request at once, then restart the worker."""
         log.error(
             "The local engine's worker died (%s: %s); its requests fail, restarting it in %.0f s.",
-            type(exc).__name__, exc, self._retry_s,
+            type(exc).__name__,
+            exc,
+            self._retry_s,
         )
         with contextlib.suppress(Exception):
             self._unload()
-        self._llm = self._renderer = self._logits = None
+        self._llm = self._renderer = self._logits = self._vocabulary = None
         self.last_error = f"the worker thread died ({type(exc).__name__}: {exc})"
         error = self._unavailable()
         if self._current is not None:
@@ -389,6 +393,7 @@ class LocalEngine:
             )
             self._renderer = PromptRenderer.for_model(llm._model, self._chat_format)
             self._logits = LogitReader(llm)
+            self._vocabulary = Vocabulary(llm)
             self._llm = llm
             self._warm_up()
         except Exception as exc:
@@ -400,7 +405,10 @@ class LocalEngine:
             # One line when the model goes down; repeats of the same failure stay quiet.
             (log.warning if first else log.debug)(
                 "The local model %s failed to load: %s. Requests go to the cloud where allowed; "
-                "retrying in %.0f s.", self.model_path, exc, self._retry_at_delay(),
+                "retrying in %.0f s.",
+                self.model_path,
+                exc,
+                self._retry_at_delay(),
             )
             return
         self.load_time_s = time.perf_counter() - started
@@ -420,7 +428,7 @@ class LocalEngine:
         self.sessions.clear()
         if self._llm is not None:
             self._llm.close()
-        self._llm = self._renderer = self._logits = None
+        self._llm = self._renderer = self._logits = self._vocabulary = None
         if self.state == EngineState.READY:
             self.state = EngineState.COLD
 
@@ -437,7 +445,14 @@ class LocalEngine:
                 f"{self.n_ctx}. Shorten the conversation or raise TANDEM_N_CTX.",
                 param="messages",
             )
-        run_generation(self._llm, self._logits, tokens, prompt.stops, job)
+        constraint = None
+        if job.params.output is not None:
+            assert self._vocabulary is not None
+            constraint = self._vocabulary.constraint(job.params.output)
+            if job.assistant_prefix:  # a continued answer: its text is part of the document
+                prefix = job.assistant_prefix.encode("utf-8")
+                constraint.prime(self._llm.tokenize(prefix, add_bos=False, special=False))
+        run_generation(self._llm, self._logits, tokens, prompt.stops, job, constraint)
 
 
 def _lower_priority(increment: int) -> None:

@@ -13,9 +13,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
 
-from tandem.events import Finish, StreamEvent
+from tandem.events import Finish, StreamEvent, TokenEvent
 from tandem.routing.policy import RouteDecision, RoutingPolicy
 from tandem.routing.signals import RunningConfidence, prompt_features
+from tandem.structured import OutputFormat
 
 
 @dataclass(frozen=True)
@@ -23,18 +24,28 @@ class Verdict:
     escalate: bool
     scores: dict[str, float]  # the plan's scores and the cascade's
     reason: str  # the route reason if the local start is kept
+    escalate_reason: str = "cascade_low_confidence"  # the route reason if it escalates
 
 
 class Cascade:
     """One turn's local start, held back until the check.
 
     The check reads the confidence statistics of the first ``decision.cascade_tokens``
-    tokens; if the local answer ends sooner, the whole answer is checked.
+    tokens; if the local answer ends sooner, the whole answer is checked. A structured answer
+    (``output``) is held whole: a JSON document is checked against its schema only once it is
+    complete, and one that fails escalates (``schema_invalid``) before the client sees it.
     """
 
-    def __init__(self, policy: RoutingPolicy, decision: RouteDecision, prompt: str):
+    def __init__(
+        self,
+        policy: RoutingPolicy,
+        decision: RouteDecision,
+        prompt: str,
+        output: OutputFormat | None = None,
+    ):
         self.policy = policy
         self.decision = decision
+        self.output = output
         self.confidence = RunningConfidence(prompt)
         self.about_prompt = decision.prompt_features or prompt_features(prompt)
         self.held: list[StreamEvent] = []
@@ -47,7 +58,7 @@ class Cascade:
     @property
     def hedge_at(self) -> int | None:
         """The token count at which the hedged mode may start the cloud (None: it is off)."""
-        if self.policy.config.hedge_band <= 0:
+        if self.policy.config.hedge_band <= 0 or self.output is not None:
             return None
         return max(1, self.decision.cascade_tokens // 2)
 
@@ -63,8 +74,9 @@ class Cascade:
             if isinstance(event, Finish):
                 self.finished = True
                 return
-            self.confidence.add(event.logprob, event.text)
-            if self.tokens >= self.decision.cascade_tokens:
+            if self.tokens < self.decision.cascade_tokens:  # a structured answer is held on
+                self.confidence.add(event.logprob, event.text)
+            if self.tokens >= self.decision.cascade_tokens and self.output is None:
                 return
             if at_hedge is not None and self.tokens == hedge_at:
                 await at_hedge()
@@ -91,7 +103,24 @@ class Cascade:
         escalate, score = self.policy.cascade_check(self.decision, features)
         scores = {**self.decision.scores, "cascade": round(score, 4)}
         knows = self.policy.cascade_knows(features)
-        return Verdict(escalate, scores, "cascade_confident" if knows else "cascade_abstained")
+        reason = "cascade_confident" if knows else "cascade_abstained"
+        if self.output is not None:
+            problems = self.schema_problems()
+            scores["schema_valid"] = 0.0 if problems else 1.0
+            if problems:
+                return Verdict(True, scores, reason, "schema_invalid")
+        return Verdict(escalate, scores, reason)
+
+    def schema_problems(self) -> list[str]:
+        """Why the held structured answer is not acceptable (empty: it is)."""
+        assert self.output is not None
+        end = self.held[-1] if self.held else None
+        if not isinstance(end, Finish):
+            return ["the answer did not end"]
+        if end.reason == "length":
+            return ["max_tokens ended the answer before the JSON document was complete"]
+        text = "".join(e.text for e in self.held if isinstance(e, TokenEvent))
+        return self.output.problems(text)
 
 
 class Hedge:
@@ -150,4 +179,3 @@ class Hedge:
         tb: TracebackType | None,
     ) -> None:
         await self.cancel()
-

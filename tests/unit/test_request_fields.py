@@ -46,8 +46,6 @@ def refused(r: Any, param: str, code: str) -> dict[str, Any]:
 
 # (field, value): each refused with param == field, code unsupported_parameter.
 REFUSED = [
-    ("response_format", {"type": "json_object"}),
-    ("response_format", {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}),
     ("tools", [TOOL]),
     ("tool_choice", "auto"),
     ("tool_choice", "required"),

@@ -1,0 +1,90 @@
+"""Constrained decoding for the local model: llguidance's token mask applied to each step.
+
+llama.cpp's own grammar sampler (GBNF, ``llama_sampler_init_grammar``) checks every candidate
+token against the grammar at every step; llguidance computes the step's mask from a lexer and
+parser split in Rust, tens of microseconds for JSON. ``tandem bench structured`` measures both
+against unconstrained decoding. The mask is applied through llama-cpp-python's logits-processor
+hook, which runs first in the sampler chain on the whole vocabulary (indexed by token id), so
+top-k, top-p and temperature then sample among allowed tokens only.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from tandem.structured import OutputFormat
+
+
+class Vocabulary:
+    """llguidance's view of one loaded model's tokens (built once per load: ~0.3 s)."""
+
+    def __init__(self, llm: Any):
+        self._llm = llm
+        self._lock = threading.Lock()
+        self._tokenizer: Any = None
+
+    @property
+    def tokenizer(self) -> Any:
+        with self._lock:
+            if self._tokenizer is None:
+                import llama_cpp
+                from llguidance.llamacpp import lltokenizer_from_vocab
+
+                vocab = self._llm._model.vocab
+                ends = [
+                    t
+                    for t in range(llama_cpp.llama_vocab_n_tokens(vocab))
+                    if llama_cpp.llama_vocab_is_eog(vocab, t)
+                ]
+                self._tokenizer = lltokenizer_from_vocab(vocab, eos_token=ends or None)
+            return self._tokenizer
+
+    def constraint(self, fmt: OutputFormat) -> Constraint:
+        return Constraint(self.tokenizer, fmt)
+
+
+class Constraint:
+    """One generation's grammar state: masks the next step, then consumes the chosen token."""
+
+    def __init__(self, tokenizer: Any, fmt: OutputFormat):
+        from llguidance import LLMatcher
+
+        self.format = fmt
+        self._matcher = LLMatcher(tokenizer, fmt.grammar(), log_level=0)
+        if self._matcher.is_error():  # the edge compiled it already: a tokenizer problem
+            raise ValueError(f"the output grammar does not load: {self._matcher.get_error()}")
+        self._n_vocab = int(tokenizer.vocab_size)
+        self._mask = np.full(((self._n_vocab + 31) // 32,), -1, dtype=np.int32)
+
+    def prime(self, tokens: list[int]) -> None:
+        """Consume text the answer already has (a continued answer's prefix)."""
+        if tokens and not self._matcher.consume_tokens(tokens):
+            raise ValueError(f"the answer so far does not match the schema: {self.error}")
+
+    def mask_logits(self, _ids: Any, scores: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """The logits processor: tokens the grammar forbids next get -inf."""
+        self._matcher.unsafe_compute_mask_ptr(self._mask.ctypes.data, self._mask.nbytes)
+        allowed = np.unpackbits(self._mask.view(np.uint8), bitorder="little")
+        n = min(scores.shape[0], self._n_vocab)
+        blocked = allowed[:n] == 0
+        scores[:n][blocked] = -np.inf
+        if scores.shape[0] > n:  # padding rows of a vocabulary larger than the tokenizer's
+            scores[n:] = -np.inf
+        return scores
+
+    def accept(self, token: int) -> bool:
+        """Advance past the sampled token; False if the grammar refuses it."""
+        return bool(self._matcher.consume_token(token))
+
+    @property
+    def done(self) -> bool:
+        """The document is complete and nothing more may follow."""
+        return bool(self._matcher.is_stopped())
+
+    @property
+    def error(self) -> str:
+        return str(self._matcher.get_error())
