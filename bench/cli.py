@@ -171,6 +171,42 @@ def bench_router(
     _emit(result, as_json)
 
 
+@bench_app.command("structured")
+def bench_structured(
+    quick: Annotated[bool, typer.Option(help="One pass over the prompts")] = False,
+    as_json: AsJson = False,
+    out: BenchOut = None,
+) -> None:
+    """Constrained decoding (llguidance, GBNF) against unconstrained, and schema compile time."""
+    import os
+
+    from bench.structured import run_structured_bench
+    from tandem.catalog import resolve_model
+
+    settings = load_settings()
+    with clear_errors():
+        path, chat_format = resolve_model(settings.local_model)
+        result = run_structured_bench(path, chat_format or settings.local_chat_format,
+                                      settings.n_threads or os.cpu_count() or 1, quick,
+                                      out or _results("structured"), console)
+    _emit(result, as_json)
+
+
+@bench_app.command("extraction")
+def bench_extraction(
+    items: Annotated[int, typer.Option(help="Sentences to extract from")] = 60,
+    as_json: AsJson = False,
+    out: BenchOut = None,
+) -> None:
+    """Form extraction under a JSON schema: local, cloud and auto, accuracy and escalations."""
+    from bench.extraction import run_extraction_bench
+
+    with clear_errors():
+        result = run_extraction_bench(load_settings(), items, out or _results("extraction"),
+                                      console)
+    _emit(result, as_json)
+
+
 @bench_app.command("faults")
 def bench_faults(
     quick: Annotated[bool, typer.Option(help="6 requests per fault instead of 30")] = False,

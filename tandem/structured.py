@@ -117,19 +117,26 @@ def parse_response_format(
 
 
 def _check_compiles(schema_json: str, param: str) -> None:
-    from llguidance import LLMatcher
-
-    try:
-        error = LLMatcher.validate_grammar(_grammar(schema_json))
-    except ValueError as exc:  # not a JSON object at all
-        error = str(exc)
-    if error and not error.startswith("WARNING"):
+    error = _compile_error(schema_json)
+    if error:
         raise UnsupportedParameterError(
             f"The JSON schema in '{param}' cannot be enforced by this gateway: {error}. "
             "Remove or rewrite that part of the schema (the answer would otherwise not be "
             "guaranteed to match it).",
             param=param,
         )
+
+
+@functools.lru_cache(maxsize=256)
+def _compile_error(schema_json: str) -> str:
+    """What llguidance's compiler says against the schema ("" when it compiles)."""
+    from llguidance import LLMatcher
+
+    try:
+        error = LLMatcher.validate_grammar(_grammar(schema_json))
+    except ValueError as exc:  # not a JSON object at all
+        return str(exc)
+    return "" if error.startswith("WARNING") else error
 
 
 @functools.lru_cache(maxsize=256)

@@ -11,6 +11,7 @@ top-k, top-p and temperature then sample among allowed tokens only.
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
@@ -20,12 +21,16 @@ from tandem.structured import OutputFormat
 
 
 class Vocabulary:
-    """llguidance's view of one loaded model's tokens (built once per load: ~0.3 s)."""
+    """llguidance's view of one loaded model's tokens (built once per load: ~0.3 s), and the
+    compiled matchers of recent schemas (a request copies one instead of compiling again)."""
+
+    CACHED_SCHEMAS = 64
 
     def __init__(self, llm: Any):
         self._llm = llm
         self._lock = threading.Lock()
         self._tokenizer: Any = None
+        self._compiled: OrderedDict[str, Any] = OrderedDict()
 
     @property
     def tokenizer(self) -> Any:
@@ -44,20 +49,32 @@ class Vocabulary:
             return self._tokenizer
 
     def constraint(self, fmt: OutputFormat) -> Constraint:
-        return Constraint(self.tokenizer, fmt)
+        """A fresh grammar state for one generation under ``fmt``."""
+        from llguidance import LLMatcher
+
+        tokenizer = self.tokenizer
+        with self._lock:
+            compiled = self._compiled.get(fmt.schema_json)
+            if compiled is not None:
+                self._compiled.move_to_end(fmt.schema_json)
+        if compiled is None:
+            compiled = LLMatcher(tokenizer, fmt.grammar(), log_level=0)
+            if compiled.is_error():  # the edge compiled it already: a tokenizer problem
+                raise ValueError(f"the output grammar does not load: {compiled.get_error()}")
+            with self._lock:
+                self._compiled[fmt.schema_json] = compiled
+                while len(self._compiled) > self.CACHED_SCHEMAS:
+                    self._compiled.popitem(last=False)
+        return Constraint(compiled.deep_copy(), int(tokenizer.vocab_size), fmt)
 
 
 class Constraint:
     """One generation's grammar state: masks the next step, then consumes the chosen token."""
 
-    def __init__(self, tokenizer: Any, fmt: OutputFormat):
-        from llguidance import LLMatcher
-
+    def __init__(self, matcher: Any, n_vocab: int, fmt: OutputFormat):
         self.format = fmt
-        self._matcher = LLMatcher(tokenizer, fmt.grammar(), log_level=0)
-        if self._matcher.is_error():  # the edge compiled it already: a tokenizer problem
-            raise ValueError(f"the output grammar does not load: {self._matcher.get_error()}")
-        self._n_vocab = int(tokenizer.vocab_size)
+        self._matcher = matcher
+        self._n_vocab = n_vocab
         self._mask = np.full(((self._n_vocab + 31) // 32,), -1, dtype=np.int32)
 
     def prime(self, tokens: list[int]) -> None:

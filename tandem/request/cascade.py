@@ -99,11 +99,14 @@ class Cascade:
         return borderline
 
     def check(self) -> Verdict:
-        features = self.features()
-        escalate, score = self.policy.cascade_check(self.decision, features)
-        scores = {**self.decision.scores, "cascade": round(score, 4)}
-        knows = self.policy.cascade_knows(features)
-        reason = "cascade_confident" if knows else "cascade_abstained"
+        if self.decision.cascade_tokens <= 0:  # a schema check alone (see plan.py)
+            escalate, scores, reason = False, dict(self.decision.scores), self.decision.reason
+        else:
+            features = self.features()
+            escalate, score = self.policy.cascade_check(self.decision, features)
+            scores = {**self.decision.scores, "cascade": round(score, 4)}
+            knows = self.policy.cascade_knows(features)
+            reason = "cascade_confident" if knows else "cascade_abstained"
         if self.output is not None:
             problems = self.schema_problems()
             scores["schema_valid"] = 0.0 if problems else 1.0

@@ -87,9 +87,23 @@ def plan(turn: Turn, now: Situation, policy: RoutingPolicy) -> Plan:
         previous_tier=now.previous_tier,
         trims=trims,
     )
-    decision = policy.decide(ctx)
+    decision = check_structured(turn, policy.decide(ctx))
     tier = now.cloud if decision.action == Action.CLOUD else now.local
     return Plan(replace(tier(decision.reason), scores=decision.scores), decision)
+
+
+# Local decisions taken by the routers (the cloud is up and could answer instead).
+ROUTED_LOCAL = frozenset({"default_local", "prompt_router_local", "prompt_router_abstained"})
+
+
+def check_structured(turn: Turn, decision: RouteDecision) -> RouteDecision:
+    """A structured answer the routers keep local is still checked against its schema before
+    the client sees it: a cascade without a confidence check (``cascade_tokens`` 0)."""
+    if turn.params.output is None or decision.action != Action.LOCAL:
+        return decision
+    if decision.reason not in ROUTED_LOCAL:
+        return decision
+    return replace(decision, action=Action.CASCADE, cascade_tokens=0)
 
 
 def fallback(turn: Turn, now: Situation, reason: str) -> RouteInfo:

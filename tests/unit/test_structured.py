@@ -17,7 +17,8 @@ from tandem.events import Finish, GenerationParams, TokenEvent
 from tandem.gateway import Gateway
 from tandem.metrics import GatewayMetrics
 from tandem.request.cascade import Cascade
-from tandem.routing.policy import Action, RouteDecision
+from tandem.request.plan import check_structured
+from tandem.routing.policy import Action, RouteDecision, RoutingConfig, RoutingPolicy
 from tandem.server import create_app
 from tandem.settings import Settings
 from tandem.structured import OutputFormat, canonical, for_dialect, parse_response_format
@@ -189,13 +190,19 @@ def test_a_structured_answer_cut_by_max_tokens_escalates() -> None:
     assert structured.check().escalate_reason == "schema_invalid"
 
 
-def run_gateway(engine: FakeEngine, cloud: RecordingCloud, output: OutputFormat) -> list[Any]:
+def run_gateway(
+    engine: FakeEngine,
+    cloud: RecordingCloud,
+    output: OutputFormat,
+    policy: RoutingPolicy | None = None,
+) -> list[Any]:
     client = CloudClient.from_settings(
         Settings(cloud_dialect="llama_cpp"),
         "http://cloud.test/v1",
         transport=httpx.MockTransport(cloud),
     )
-    gw = Gateway(engine, client, GatewayMetrics(), 128, policy=cascade_policy(cut=0.9))
+    policy = policy or cascade_policy(cut=0.9)
+    gw = Gateway(engine, client, GatewayMetrics(), 128, policy=policy)
 
     async def go() -> list[Any]:
         turn = Turn(USER, GenerationParams(32, output=output))
@@ -224,6 +231,30 @@ def test_gateway_keeps_a_valid_local_document() -> None:
     events = run_gateway(engine, cloud, person_format())
     routes = [(e.tier.value, e.reason) for e in events if isinstance(e, RouteInfo)]
     assert routes[-1][0] == "local" and cloud.bodies == []
+
+
+@pytest.mark.parametrize("valid", [True, False])
+def test_a_local_decision_without_a_cascade_still_checks_the_schema(valid: bool) -> None:
+    city = "Rome" if valid else "Milan"
+    engine = FakeEngine(['{"name":"Maria",', '"age":31,', f'"city":"{city}"}}'])
+    cloud = RecordingCloud(('{"name":"Maria","age":31,"city":"Rome"}',))
+    policy = RoutingPolicy(RoutingConfig(mode="local_first"))
+    events = run_gateway(engine, cloud, person_format(), policy)
+    routes = [(e.tier.value, e.reason) for e in events if isinstance(e, RouteInfo)]
+    if valid:
+        assert routes == [("local", "default_local")] and cloud.bodies == []
+    else:
+        assert routes[-1] == ("cloud", "schema_invalid") and len(cloud.bodies) == 1
+
+
+def test_plain_local_decisions_are_left_alone() -> None:
+    decision = RouteDecision(Action.LOCAL, "default_local")
+    plain = Turn(USER, GenerationParams(8))
+    structured = Turn(USER, GenerationParams(8, output=person_format()))
+    assert check_structured(plain, decision) is decision
+    assert check_structured(structured, decision).action == Action.CASCADE
+    offline = RouteDecision(Action.LOCAL, "cloud_unavailable")
+    assert check_structured(structured, offline) is offline
 
 
 def test_cloud_body_carries_openai_shape() -> None:
