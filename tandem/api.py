@@ -357,13 +357,16 @@ def logprob_entry(event: TokenEvent) -> dict[str, Any]:
     }
 
 
-def usage(finish: Finish) -> dict[str, int]:
+def usage(finish: Finish) -> dict[str, Any]:
     prompt = finish.prompt_tokens or 0
-    return {
+    body: dict[str, Any] = {
         "prompt_tokens": prompt,
         "completion_tokens": finish.completion_tokens,
         "total_tokens": prompt + finish.completion_tokens,
     }
+    if finish.cached_tokens is not None:  # local: KV reuse; cloud: what its server reported
+        body["prompt_tokens_details"] = {"cached_tokens": finish.cached_tokens}
+    return body
 
 
 def route_field(route: RouteInfo) -> dict[str, str]:

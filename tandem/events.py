@@ -49,6 +49,7 @@ class Finish:
     prompt_tokens: int | None
     completion_tokens: int
     prefill_tokens: int | None = None  # prompt tokens actually evaluated (not reused from KV)
+    cached_tokens: int | None = None  # prompt tokens reused from a cache (KV, or the cloud's)
     timings: dict[str, float] = field(default_factory=dict)
 
 

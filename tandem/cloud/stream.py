@@ -30,6 +30,7 @@ class CloudChunk:
     logprobs: tuple[TokenLogprob, ...] = ()
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    cached_tokens: int | None = None  # usage.prompt_tokens_details.cached_tokens
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
@@ -120,6 +121,7 @@ def _chunk_from_payload(payload: dict[str, Any]) -> CloudChunk:
         logprobs=_logprobs(choice.get("logprobs")),
         prompt_tokens=usage.get("prompt_tokens"),
         completion_tokens=usage.get("completion_tokens"),
+        cached_tokens=(usage.get("prompt_tokens_details") or {}).get("cached_tokens"),
         raw=payload,
     )
 

@@ -110,6 +110,7 @@ def run_generation(
             prompt_tokens=len(tokens),
             completion_tokens=n,
             prefill_tokens=evaluated - decoded,
+            cached_tokens=max(len(tokens) - (evaluated - decoded), 0),
             timings={
                 "prefill_s": (first_token_at or ended) - started,
                 "decode_s": ended - (first_token_at or ended),

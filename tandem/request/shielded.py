@@ -62,6 +62,7 @@ class ShieldedCloud:
         pieces = 0
         prompt_tokens: int | None = None
         completion_tokens: int | None = None
+        cached_tokens: int | None = None
         finish = "stop"
         sent: list[tuple[bytes, str]] = []
         outcome = "incomplete"
@@ -91,6 +92,8 @@ class ShieldedCloud:
                     yield TokenEvent(text=restored)
                 prompt_tokens = chunk.prompt_tokens or prompt_tokens
                 completion_tokens = chunk.completion_tokens or completion_tokens
+                if chunk.cached_tokens is not None:
+                    cached_tokens = chunk.cached_tokens
                 finish = chunk.finish_reason or finish
             outcome = "ok"
         except TandemError as exc:
@@ -116,6 +119,7 @@ class ShieldedCloud:
             prompt_tokens=prompt_tokens,
             # Without usage from the server, count streamed pieces (one token each, typically).
             completion_tokens=completion_tokens if completion_tokens is not None else pieces,
+            cached_tokens=cached_tokens,  # the cloud's own count, when it reports one
         )
 
     async def _record_call(

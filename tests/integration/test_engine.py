@@ -79,6 +79,9 @@ def test_follow_up_turn_prefills_only_new_tokens(engine: LocalEngine) -> None:
     # llama.cpp's own counters: only the new suffix (plus a token or two at the seam) ran.
     assert f2.prefill_tokens <= new + 3
     assert f2.prefill_tokens < f2.prompt_tokens / 2
+    # What the client sees as usage.prompt_tokens_details.cached_tokens: the reused rest.
+    assert f2.cached_tokens == f2.prompt_tokens - f2.prefill_tokens
+    assert f2.cached_tokens > f2.prompt_tokens / 2
 
 
 def test_stop_sequences_and_max_tokens(engine: LocalEngine) -> None:

@@ -23,7 +23,7 @@ from tandem.metrics import GatewayMetrics
 from tandem.server import create_app
 from tandem.settings import Settings
 from tandem.turn import Turn, cloud_body
-from tests.unit.fakes import FakeEngine, sse_body
+from tests.unit.fakes import FakeEngine, RecordingCloud, sse_body
 
 USER = [{"role": "user", "content": "Hello there"}]
 TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {}}}
@@ -378,3 +378,38 @@ def test_to_turn_sets_logprobs() -> None:
     req = ChatCompletionRequest.model_validate({"messages": USER, "top_logprobs": 3})
     params = req.to_turn(8, 100).params
     assert (params.logprobs, params.top_logprobs) == (False, 0)
+
+
+def test_cached_tokens_are_reported_from_either_tier() -> None:
+    from tandem.api import usage
+    from tandem.cloud.stream import _chunk_from_payload
+    from tandem.events import Finish
+
+    local = usage(Finish("stop", prompt_tokens=40, completion_tokens=5, cached_tokens=32))
+    assert local["prompt_tokens_details"] == {"cached_tokens": 32}
+    assert "prompt_tokens_details" not in usage(Finish("stop", 40, 5))  # nothing to say
+    details = {"prompt_tokens": 40, "completion_tokens": 5,
+               "prompt_tokens_details": {"cached_tokens": 24}}
+    assert _chunk_from_payload({"choices": [], "usage": details}).cached_tokens == 24
+
+
+def test_the_clouds_cached_tokens_reach_the_client() -> None:
+    class CachingCloud(RecordingCloud):
+        def __call__(self, request: httpx.Request) -> httpx.Response:
+            response = super().__call__(request)
+            if request.url.path.endswith("/models"):
+                return response
+            usage = {"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 3,
+                                              "prompt_tokens_details": {"cached_tokens": 7}}}
+            body = response.content.replace(
+                b"data: [DONE]", f"data: {json.dumps(usage)}\n\ndata: [DONE]".encode()
+            )
+            return httpx.Response(200, content=body, headers=response.headers)
+
+    cloud = CloudClient.from_settings(Settings(), "http://cloud.test/v1",
+                                      transport=httpx.MockTransport(CachingCloud()))
+    gw = Gateway(FakeEngine(), cloud, GatewayMetrics(), 128)
+    with TestClient(create_app(Settings(standin=False), gateway=gw)) as c:
+        r = post(c, {"messages": USER, "tandem": {"route": "cloud"}})
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["prompt_tokens_details"] == {"cached_tokens": 7}
