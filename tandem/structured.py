@@ -16,9 +16,12 @@ from __future__ import annotations
 import functools
 import json
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from tandem.errors import UnsupportedParameterError
+
+if TYPE_CHECKING:
+    from llguidance._lib import JsonCompileOptions
 
 Kind = Literal["json_object", "json_schema"]
 Dialect = Literal["openai", "llama_cpp"]
@@ -47,9 +50,17 @@ class OutputFormat:
         loaded: dict[str, Any] = json.loads(self.schema_json)
         return loaded
 
-    def grammar(self) -> str:
-        """The llguidance grammar for this schema (compiled once per schema)."""
-        return _grammar(self.schema_json)
+    def grammar(self, any_whitespace: bool = False) -> str:
+        """The llguidance grammar for this schema (compiled once per schema).
+
+        The local model writes JSON in one layout, ``{"a": 1, "b": 2}``: offered free
+        whitespace, a small model spends tokens on newlines and indentation, and its answers
+        were less accurate both with none at all and with free whitespace (``tandem bench
+        extraction``'s tune items: every field right in 40 % of answers, against 27 % compact
+        and 40 % with more tokens and fewer valid documents). ``any_whitespace`` accepts any
+        layout: for continuing text another tier wrote.
+        """
+        return _grammar(self.schema_json, any_whitespace)
 
     def wire(self) -> dict[str, Any]:
         """The ``response_format`` field as OpenAI defines it."""
@@ -140,11 +151,17 @@ def _compile_error(schema_json: str) -> str:
 
 
 @functools.lru_cache(maxsize=256)
-def _grammar(schema_json: str) -> str:
+def _grammar(schema_json: str, any_whitespace: bool = False) -> str:
     from llguidance import LLMatcher
 
-    # Compact JSON: a small model offered free whitespace can spend its budget on newlines.
-    return LLMatcher.grammar_from_json_schema(schema_json, defaults={"whitespace_flexible": False})
+    if any_whitespace:
+        return LLMatcher.grammar_from_json_schema(schema_json)
+    layout: JsonCompileOptions = {
+        "whitespace_flexible": False,
+        "item_separator": ", ",
+        "key_separator": ": ",
+    }
+    return LLMatcher.grammar_from_json_schema(schema_json, defaults=layout)
 
 
 @functools.lru_cache(maxsize=256)

@@ -11,6 +11,7 @@ top-k, top-p and temperature then sample among allowed tokens only.
 from __future__ import annotations
 
 import threading
+import warnings
 from collections import OrderedDict
 from typing import Any
 
@@ -30,7 +31,7 @@ class Vocabulary:
         self._llm = llm
         self._lock = threading.Lock()
         self._tokenizer: Any = None
-        self._compiled: OrderedDict[str, Any] = OrderedDict()
+        self._compiled: OrderedDict[tuple[str, bool], Any] = OrderedDict()
 
     @property
     def tokenizer(self) -> Any:
@@ -45,24 +46,28 @@ class Vocabulary:
                     for t in range(llama_cpp.llama_vocab_n_tokens(vocab))
                     if llama_cpp.llama_vocab_is_eog(vocab, t)
                 ]
-                self._tokenizer = lltokenizer_from_vocab(vocab, eos_token=ends or None)
+                with warnings.catch_warnings():  # it calls llama_token_get_attr per token,
+                    warnings.simplefilter("ignore", DeprecationWarning)  # deprecated in 0.3.36
+                    self._tokenizer = lltokenizer_from_vocab(vocab, eos_token=ends or None)
             return self._tokenizer
 
-    def constraint(self, fmt: OutputFormat) -> Constraint:
-        """A fresh grammar state for one generation under ``fmt``."""
+    def constraint(self, fmt: OutputFormat, any_whitespace: bool = False) -> Constraint:
+        """A fresh grammar state for one generation under ``fmt`` (``any_whitespace``: for
+        continuing a document another tier began, in whatever layout it wrote)."""
         from llguidance import LLMatcher
 
         tokenizer = self.tokenizer
+        key = (fmt.schema_json, any_whitespace)
         with self._lock:
-            compiled = self._compiled.get(fmt.schema_json)
+            compiled = self._compiled.get(key)
             if compiled is not None:
-                self._compiled.move_to_end(fmt.schema_json)
+                self._compiled.move_to_end(key)
         if compiled is None:
-            compiled = LLMatcher(tokenizer, fmt.grammar(), log_level=0)
+            compiled = LLMatcher(tokenizer, fmt.grammar(any_whitespace), log_level=0)
             if compiled.is_error():  # the edge compiled it already: a tokenizer problem
                 raise ValueError(f"the output grammar does not load: {compiled.get_error()}")
             with self._lock:
-                self._compiled[fmt.schema_json] = compiled
+                self._compiled[key] = compiled
                 while len(self._compiled) > self.CACHED_SCHEMAS:
                     self._compiled.popitem(last=False)
         return Constraint(compiled.deep_copy(), int(tokenizer.vocab_size), fmt)

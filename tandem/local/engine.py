@@ -448,9 +448,9 @@ class LocalEngine:
         constraint = None
         if job.params.output is not None:
             assert self._vocabulary is not None
-            constraint = self._vocabulary.constraint(job.params.output)
-            if job.assistant_prefix:  # a continued answer: its text is part of the document
-                prefix = job.assistant_prefix.encode("utf-8")
+            prefix = job.assistant_prefix.encode("utf-8")
+            constraint = self._vocabulary.constraint(job.params.output, bool(prefix))
+            if prefix:  # a continued answer: its text is part of the document
                 constraint.prime(self._llm.tokenize(prefix, add_bos=False, special=False))
         run_generation(self._llm, self._logits, tokens, prompt.stops, job, constraint)
 

@@ -120,3 +120,33 @@ def test_idle_unload_and_reload_on_demand(model_path: Path) -> None:
     tokens, _ = run(e, QUESTION, max_tokens=4)
     assert tokens and e.state == EngineState.READY
     e.close()
+
+
+def test_structured_answer_continues_another_tiers_layout(engine: LocalEngine) -> None:
+    """A cloud answer cut mid-document is continued locally under the same schema, whatever
+    whitespace the cloud used: the whole text is one valid document."""
+    from tandem.structured import parse_response_format
+
+    schema = {
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+        "required": ["name", "age"],
+        "additionalProperties": False,
+    }
+    fmt = parse_response_format(
+        {"type": "json_schema", "json_schema": {"name": "p", "schema": schema}}
+    )
+    assert fmt is not None
+    messages = [{"role": "user", "content": "Extract as JSON: Maria Rossi is 31."}]
+    prefix = '{\n    "name": "Maria Rossi",\n'
+    params = GenerationParams(max_tokens=32, temperature=0.0, output=fmt)
+    events = list(engine.stream_sync(messages, params, assistant_prefix=prefix))
+    finish = events[-1]
+    assert isinstance(finish, Finish) and finish.reason == "stop"
+    rest = "".join(e.text for e in events if isinstance(e, TokenEvent))
+    assert fmt.problems(prefix + rest) == [], prefix + rest
+    # A fresh answer is written in the one layout the grammar allows.
+    fresh = "".join(
+        e.text for e in engine.stream_sync(messages, params) if isinstance(e, TokenEvent)
+    )
+    assert fresh.startswith('{"name": "') and fmt.problems(fresh) == [], fresh
