@@ -14,6 +14,9 @@ from pydantic import BaseModel
 from tests.integration.gateway_proc import gateway_process
 
 PROMPT = "Extract the person as JSON: Maria Rossi is 31 years old and lives in Rome."
+# JSON mode constrains the syntax only: as OpenAI advises, the prompt says which keys to write
+# (asked for "the person as JSON", the 135M model lists aliases until max_tokens).
+KEYED_PROMPT = 'Answer with a JSON object with the keys "name" and "age": Maria Rossi is 31.'
 
 
 class Person(BaseModel):
@@ -54,12 +57,14 @@ def test_sdk_parse_returns_the_model_on_both_tiers(client: openai.OpenAI, tier: 
 )
 def test_streamed_json_parses(client: openai.OpenAI, tier: str, kind: str) -> None:
     response_format: Any = {"type": "json_object"}
+    prompt = KEYED_PROMPT
     if kind == "json_schema":
+        prompt = PROMPT
         schema = Person.model_json_schema()
         response_format = {"type": kind, "json_schema": {"name": "person", "schema": schema}}
     stream = client.chat.completions.create(
         model="tandem",
-        messages=[{"role": "user", "content": PROMPT}],
+        messages=[{"role": "user", "content": prompt}],
         response_format=response_format,
         temperature=0.0,
         max_tokens=96,
