@@ -234,3 +234,23 @@ def test_new_messages_only_strips_an_exact_prefix() -> None:
     edited = [{"role": "user", "content": "A"}, history[1], *fresh]
     assert new_messages(history, edited) == edited
     assert new_messages([], fresh) == fresh
+
+
+def test_a_structured_session_turn_is_constrained_and_stored(
+    api: TestClient, engine: FakeEngine, cloud: RecordingCloud
+) -> None:
+    """response_format reaches the tier on a session turn, and the JSON answer is history."""
+    import json
+
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    engine.tokens = ['{"a":', " 1}"]
+    r = say(api, "give a", response_format={
+        "type": "json_schema", "json_schema": {"name": "x", "schema": schema}})
+    assert r.status_code == 200, r.text
+    assert json.loads(r.json()["choices"][0]["message"]["content"]) == {"a": 1}
+    output = engine.calls[-1][1].output
+    assert output is not None and output.schema == schema
+    say(api, "again", tandem={"route": "cloud"})
+    sent = json.loads(cloud.bodies[-1])
+    assert [m["content"] for m in sent["messages"]] == ["give a", '{"a": 1}', "again"]
+    assert "response_format" not in sent  # a format applies to its own turn only

@@ -16,6 +16,7 @@ from tandem.errors import UnsupportedParameterError
 from tandem.events import Finish, GenerationParams, TokenEvent
 from tandem.gateway import Gateway
 from tandem.metrics import GatewayMetrics
+from tandem.privacy.types import PrivacyMode
 from tandem.request.cascade import Cascade
 from tandem.request.plan import check_structured
 from tandem.routing.policy import Action, RouteDecision, RoutingConfig, RoutingPolicy
@@ -245,6 +246,23 @@ def test_a_local_decision_without_a_cascade_still_checks_the_schema(valid: bool)
         assert routes == [("local", "default_local")] and cloud.bodies == []
     else:
         assert routes[-1] == ("cloud", "schema_invalid") and len(cloud.bodies) == 1
+
+
+def test_local_only_never_escalates_an_invalid_document() -> None:
+    engine = FakeEngine(['{"name":"Maria",', '"age":31,', '"city":"Milan"}'])
+    cloud = RecordingCloud()
+    client = CloudClient.from_settings(
+        Settings(), "http://cloud.test/v1", transport=httpx.MockTransport(cloud)
+    )
+    gw = Gateway(engine, client, GatewayMetrics(), 128, policy=cascade_policy(cut=0.9))
+    turn = Turn(USER, GenerationParams(32, output=person_format()), privacy=PrivacyMode.LOCAL_ONLY)
+
+    async def go() -> list[Any]:
+        return [e async for e in gw.stream(turn)]
+
+    events = anyio.run(go)
+    routes = [(e.tier.value, e.reason) for e in events if isinstance(e, RouteInfo)]
+    assert routes == [("local", "privacy_local_only")] and cloud.bodies == []
 
 
 def test_plain_local_decisions_are_left_alone() -> None:
