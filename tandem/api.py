@@ -13,7 +13,7 @@ from pydantic_core import PydanticCustomError
 from tandem.events import Finish, GenerationParams, TokenEvent
 from tandem.local.chat import Message
 from tandem.privacy.types import PrivacyMode
-from tandem.structured import OutputFormat, parse_response_format
+from tandem.structured import OutputFormat, ResponseFormat, parse_response_format
 from tandem.turn import RouteInfo, RoutePreference, Turn
 
 Role = Literal["system", "developer", "user", "assistant"]
@@ -220,37 +220,6 @@ class TandemOptions(BaseModel):
     fallback: bool = True
     session_id: str | None = None  # keep the conversation server-side (as X-Session-Id does)
     privacy: PrivacyMode | None = None  # local_only | redact | allow (default: the gateway's)
-
-
-class JsonSchemaSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
-    description: str | None = None
-    # "schema" would shadow a BaseModel attribute: the alias keeps the wire name.
-    schema_: dict[str, Any] | None = Field(None, alias="schema")
-    strict: bool | None = None
-
-
-class TextFormat(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    type: Literal["text"]
-
-
-class JsonObjectFormat(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    type: Literal["json_object"]
-
-
-class JsonSchemaFormat(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    type: Literal["json_schema"]
-    json_schema: JsonSchemaSpec
-
-
-ResponseFormat = Annotated[
-    TextFormat | JsonObjectFormat | JsonSchemaFormat, Field(discriminator="type")
-]
 
 
 class StreamOptions(BaseModel):

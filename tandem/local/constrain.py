@@ -51,12 +51,13 @@ class Vocabulary:
                     self._tokenizer = lltokenizer_from_vocab(vocab, eos_token=ends or None)
             return self._tokenizer
 
-    def constraint(self, fmt: OutputFormat, any_whitespace: bool = False) -> Constraint:
-        """A fresh grammar state for one generation under ``fmt`` (``any_whitespace``: for
-        continuing a document another tier began, in whatever layout it wrote)."""
+    def constraint(self, fmt: OutputFormat, prefix: str = "") -> Constraint:
+        """A fresh grammar state for one generation under ``fmt``, past ``prefix`` (the text a
+        continued answer already has: another tier's, in whatever layout it wrote)."""
         from llguidance import LLMatcher
 
         tokenizer = self.tokenizer
+        any_whitespace = bool(prefix)
         key = (fmt.schema_json, any_whitespace)
         with self._lock:
             compiled = self._compiled.get(key)
@@ -70,7 +71,11 @@ class Vocabulary:
                 self._compiled[key] = compiled
                 while len(self._compiled) > self.CACHED_SCHEMAS:
                     self._compiled.popitem(last=False)
-        return Constraint(compiled.deep_copy(), int(tokenizer.vocab_size), fmt)
+        constraint = Constraint(compiled.deep_copy(), int(tokenizer.vocab_size), fmt)
+        if prefix:
+            text = prefix.encode("utf-8")
+            constraint.prime(self._llm.tokenize(text, add_bos=False, special=False))
+        return constraint
 
 
 class Constraint:

@@ -448,10 +448,7 @@ class LocalEngine:
         constraint = None
         if job.params.output is not None:
             assert self._vocabulary is not None
-            prefix = job.assistant_prefix.encode("utf-8")
-            constraint = self._vocabulary.constraint(job.params.output, bool(prefix))
-            if prefix:  # a continued answer: its text is part of the document
-                constraint.prime(self._llm.tokenize(prefix, add_bos=False, special=False))
+            constraint = self._vocabulary.constraint(job.params.output, job.assistant_prefix)
         run_generation(self._llm, self._logits, tokens, prompt.stops, job, constraint)
 
 
