@@ -72,7 +72,20 @@ def serve(
     with clear_errors(), _cloud_tier(base) as settings:
         app_ = create_app(settings)
         _print_banner(settings)
-        uvicorn.run(app_, host=settings.host, port=settings.port, log_level="info")
+        uvicorn.run(app_, host=settings.host, port=settings.port, log_config=_log_config())
+
+
+def _log_config() -> dict[str, object]:
+    """uvicorn's logging, with the gateway's own loggers on its handler and format: without a
+    handler of their own, their warnings (the cloud going down) depended on Python's
+    last-resort handler, which any library that configures the root logger silences."""
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["tandem"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    return config
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:

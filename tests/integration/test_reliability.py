@@ -37,7 +37,7 @@ def test_offline_from_start_up_serves_locally_with_one_clear_log_line() -> None:
             replies = [chat(server.url, f"Question {i}?") for i in range(3)]
             forced = chat(server.url, "Cloud please?", tandem={"route": "cloud"})
             time.sleep(1.5)  # several more probe failures
-            log = server.log.read_text()
+            log = _log_once_it_says(server.log, "local model")
     assert [r.status_code for r in replies] == [200, 200, 200]
     assert {r.headers["x-tandem-route"] for r in replies} == {"local"}
     assert forced.status_code == 200 and forced.headers["x-tandem-route"] == "local"
@@ -50,6 +50,14 @@ def test_offline_from_start_up_serves_locally_with_one_clear_log_line() -> None:
     assert len(problems) == 1, problems
     assert dead.removesuffix("/v1") in problems[0]
     assert "local model" in problems[0]
+
+
+def _log_once_it_says(log: Path, text: str, within_s: float = 10.0) -> str:
+    """The gateway's log once it contains ``text`` (or after ``within_s`` seconds)."""
+    deadline = time.monotonic() + within_s
+    while text not in (content := log.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return content
 
 
 def _limit_file_size(limit: int) -> Any:
