@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import time
-import uuid
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from tandem.events import Finish, GenerationParams, TokenEvent
+from tandem.events import GenerationParams
 from tandem.local.chat import Message
 from tandem.privacy.types import PrivacyMode
 from tandem.structured import OutputFormat, ResponseFormat, parse_response_format
-from tandem.turn import RouteInfo, RoutePreference, Turn
+from tandem.tools import ToolCall, ToolChoice, Tools, ToolSpec, encode_calls, parse_tools
+from tandem.turn import RoutePreference, Turn
 
-Role = Literal["system", "developer", "user", "assistant"]
+Role = Literal["system", "developer", "user", "assistant", "tool"]
 
 # -- what the gateway accepts -----------------------------------------------------------------
 #
@@ -51,22 +50,22 @@ def _never(value: Any) -> bool:
     return False
 
 
-def _a_bool(value: Any) -> bool:
-    return isinstance(value, bool)
-
-
 # field -> (is the value neutral?, the neutral value as the client would write it, why not)
 UNSUPPORTED_FIELDS: dict[str, tuple[Callable[[Any], bool], str | None, str]] = {
     "n": (_same(1), "1", "one choice is generated per request"),
     "frequency_penalty": (_zero, "0", "repetition penalties are not implemented"),
     "presence_penalty": (_zero, "0", "repetition penalties are not implemented"),
     "logit_bias": (_same({}), "{}", "token biases are not implemented"),
-    "tools": (_same([]), "[]", "tool calling is not implemented"),
-    "tool_choice": (_same("none"), '"none"', "tool calling is not implemented"),
-    # Meaningless without tools, and a request with tools is refused on 'tools'.
-    "parallel_tool_calls": (_a_bool, "true or false", "tool calling is not implemented"),
-    "functions": (_same([]), "[]", "function calling is not implemented"),
-    "function_call": (_same("none"), '"none"', "function calling is not implemented"),
+    "functions": (
+        _same([]),
+        "[]",
+        "the deprecated function calling is not implemented; use 'tools'",
+    ),
+    "function_call": (
+        _same("none"),
+        '"none"',
+        "the deprecated function calling is not implemented; use 'tool_choice'",
+    ),
     "audio": (_never, None, "audio output is not implemented"),
     "modalities": (_same(["text"]), '["text"]', "only text is generated"),
     "prediction": (_never, None, "predicted outputs are not implemented"),
@@ -84,15 +83,13 @@ UNSUPPORTED_FIELDS: dict[str, tuple[Callable[[Any], bool], str | None, str]] = {
 # an empty list), which is what clients send when they replay an earlier assistant message.
 MESSAGE_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "name": (_never, "participant names are not passed to the models"),
-    "tool_calls": (_same([]), "tool calling is not implemented"),
-    "tool_call_id": (_never, "tool calling is not implemented"),
-    "function_call": (_never, "function calling is not implemented"),
+    "function_call": (_never, "the deprecated function calling is not implemented; use tool_calls"),
     "audio": (_never, "audio is not implemented"),
     "refusal": (_never, "refusals are not passed to the models (send the text as content)"),
     "annotations": (_same([]), "annotations are not passed to the models"),
 }
 
-TOOL_ROLES = frozenset({"tool", "function"})
+HONOURED_MESSAGE_FIELDS = frozenset({"role", "content", "tool_calls", "tool_call_id"})
 
 
 def _refuse(code: str, param: str, message: str) -> PydanticCustomError:
@@ -135,18 +132,16 @@ def accepted_fields(data: dict[str, Any]) -> dict[str, Any]:
 
 def _accepted_message(i: int, message: dict[str, Any]) -> dict[str, Any]:
     where = f"messages.{i}"
-    role = message.get("role")
-    if role in TOOL_ROLES:
+    if message.get("role") == "function":
         raise _refuse(
             UNSUPPORTED,
             f"{where}.role",
-            f"Message {i} has role '{role}': tool calling is not supported by this gateway "
-            "yet, so tool results cannot be sent. Drop the tool messages (and the tool calls "
-            "they answer).",
+            f"Message {i} has role 'function', the deprecated form of tool results, which "
+            "this gateway does not take: send it as role 'tool' with its 'tool_call_id'.",
         )
     kept: dict[str, Any] = {}
     for key, value in message.items():
-        if key in ("role", "content"):
+        if key in HONOURED_MESSAGE_FIELDS:
             kept[key] = value
         elif key in MESSAGE_FIELDS:
             neutral, why = MESSAGE_FIELDS[key]
@@ -161,8 +156,8 @@ def _accepted_message(i: int, message: dict[str, Any]) -> dict[str, Any]:
             raise _refuse(
                 UNKNOWN,
                 f"{where}.{key}",
-                f"Unrecognized field '{key}' in message {i}; drop it (a message has 'role' "
-                "and 'content').",
+                f"Unrecognized field '{key}' in message {i}; drop it (a message has 'role', "
+                "'content', and for tools 'tool_calls' or 'tool_call_id').",
             )
     content = kept.get("content")
     if isinstance(content, list):
@@ -204,6 +199,28 @@ class ChatMessage(BaseModel):
 
     role: Role
     content: str | list[TextPart] | None = None
+    tool_calls: list[ToolCall] | None = None  # an assistant's calls, replayed
+    tool_call_id: str | None = None  # what a tool result answers
+
+    @model_validator(mode="after")
+    def _tool_fields(self) -> ChatMessage:
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a message with role 'tool' needs the 'tool_call_id' it answers")
+        if self.tool_call_id is not None and self.role != "tool":
+            raise ValueError("only a message with role 'tool' has a 'tool_call_id'")
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only an assistant message has 'tool_calls'")
+        return self
+
+    def for_model(self) -> Message:
+        # "developer" is OpenAI's newer name for "system"; chat templates know only the latter.
+        role = "system" if self.role == "developer" else self.role
+        message: Message = {"role": role, "content": self.text()}
+        if self.tool_calls:
+            message["tool_calls"] = encode_calls(c.model_dump() for c in self.tool_calls)
+        if self.tool_call_id is not None:
+            message["tool_call_id"] = self.tool_call_id
+        return message
 
     def text(self) -> str:
         if isinstance(self.content, list):
@@ -245,6 +262,9 @@ class ChatCompletionRequest(BaseModel):
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
     response_format: ResponseFormat | None = None
+    tools: list[ToolSpec] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
     tandem: TandemOptions = Field(default_factory=TandemOptions)
 
     @model_validator(mode="before")
@@ -255,8 +275,10 @@ class ChatCompletionRequest(BaseModel):
     @field_validator("messages")
     @classmethod
     def _has_user_turn(cls, messages: list[ChatMessage]) -> list[ChatMessage]:
-        if not any(m.role == "user" for m in messages):
-            raise ValueError("messages must contain at least one message with role 'user'")
+        if not any(m.role in ("user", "tool") for m in messages):
+            raise ValueError(
+                "messages must contain at least one message with role 'user' (or a tool result)"
+            )
         return messages
 
     def to_turn(
@@ -293,6 +315,7 @@ class ChatCompletionRequest(BaseModel):
             self.tandem.fallback,
             privacy=PrivacyMode(self.tandem.privacy or default_privacy),
             privacy_explicit=self.tandem.privacy is not None,
+            tools=self.offered_tools(),
         )
 
     def output_format(self) -> OutputFormat | None:
@@ -301,100 +324,9 @@ class ChatCompletionRequest(BaseModel):
             return None
         return parse_response_format(self.response_format.model_dump(by_alias=True))
 
+    def offered_tools(self) -> Tools | None:
+        """The tools the answer may use; raises a 400 naming what is inconsistent."""
+        return parse_tools(self.tools, self.tool_choice, self.parallel_tool_calls)
+
     def messages_for_model(self) -> list[Message]:
-        # "developer" is OpenAI's newer name for "system"; chat templates know only the latter.
-        return [
-            {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-            for m in self.messages
-        ]
-
-
-def completion_id() -> str:
-    return f"chatcmpl-{uuid.uuid4().hex[:24]}"
-
-
-def logprob_entry(event: TokenEvent) -> dict[str, Any]:
-    token = event.token if event.token is not None else event.text
-    return {
-        "token": token,
-        "logprob": event.logprob,
-        "bytes": list(token.encode("utf-8")),
-        "top_logprobs": [
-            {"token": t, "logprob": lp, "bytes": list(t.encode("utf-8"))}
-            for t, lp in event.top_logprobs
-        ],
-    }
-
-
-def usage(finish: Finish) -> dict[str, Any]:
-    prompt = finish.prompt_tokens or 0
-    body: dict[str, Any] = {
-        "prompt_tokens": prompt,
-        "completion_tokens": finish.completion_tokens,
-        "total_tokens": prompt + finish.completion_tokens,
-    }
-    if finish.cached_tokens is not None:  # local: KV reuse; cloud: what its server reported
-        body["prompt_tokens_details"] = {"cached_tokens": finish.cached_tokens}
-    return body
-
-
-def route_field(route: RouteInfo) -> dict[str, str]:
-    return {"route": route.tier.value, "reason": route.reason}
-
-
-class ResponseBuilder:
-    """Builds the completion object or its chunks for one request."""
-
-    def __init__(self, want_logprobs: bool, include_usage: bool):
-        self.id = completion_id()
-        self.created = int(time.time())
-        self.want_logprobs = want_logprobs
-        self.include_usage = include_usage
-
-    def chunk(self, route: RouteInfo, delta: dict[str, Any], **extra: Any) -> dict[str, Any]:
-        choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": None}
-        choice.update(extra)
-        return {
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": route.model,
-            "choices": [choice],
-        }
-
-    def token_chunk(self, route: RouteInfo, event: TokenEvent) -> dict[str, Any]:
-        logprobs = {"content": [logprob_entry(event)]} if self.want_logprobs else None
-        return self.chunk(route, {"content": event.text}, logprobs=logprobs)
-
-    def final_chunk(self, route: RouteInfo, finish: Finish) -> dict[str, Any]:
-        body = self.chunk(route, {}, finish_reason=finish.reason)
-        body["tandem"] = route_field(route)
-        if self.include_usage:
-            body["usage"] = usage(finish)
-        return body
-
-    def completion(
-        self, route: RouteInfo, tokens: list[TokenEvent], finish: Finish
-    ) -> dict[str, Any]:
-        logprobs = (
-            {"content": [logprob_entry(t) for t in tokens if t.logprob is not None]}
-            if self.want_logprobs
-            else None
-        )
-        message = {"role": "assistant", "content": "".join(t.text for t in tokens)}
-        return {
-            "id": self.id,
-            "object": "chat.completion",
-            "created": self.created,
-            "model": route.model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": message,
-                    "finish_reason": finish.reason,
-                    "logprobs": logprobs,
-                }
-            ],
-            "usage": usage(finish),
-            "tandem": route_field(route),
-        }
+        return [m.for_model() for m in self.messages]

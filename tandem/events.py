@@ -42,6 +42,18 @@ class TokenEvent:
 
 
 @dataclass(frozen=True)
+class ToolCallDelta:
+    """A piece of one tool call the answer makes, in OpenAI's streaming shape: ``index``
+    says which call; ``id`` and ``name`` come once, on the call's first piece; ``arguments``
+    is a fragment of the JSON arguments (the fragments concatenate to the whole)."""
+
+    index: int
+    arguments: str = ""
+    id: str | None = None
+    name: str | None = None
+
+
+@dataclass(frozen=True)
 class Finish:
     """The end of a generation, with token accounting."""
 
@@ -53,4 +65,5 @@ class Finish:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-StreamEvent = TokenEvent | Finish
+LocalEvent = TokenEvent | Finish  # what the local tier streams
+StreamEvent = TokenEvent | ToolCallDelta | Finish  # a cloud answer may also call tools

@@ -20,8 +20,8 @@ from contextlib import aclosing
 from dataclasses import replace
 from typing import Any
 
-from tandem.errors import CloudError, TandemError
-from tandem.events import Finish, StreamEvent
+from tandem.errors import CloudError, InvalidRequestError, TandemError
+from tandem.events import Finish, StreamEvent, ToolCallDelta
 from tandem.local.chat import Message
 from tandem.metrics import GatewayMetrics
 from tandem.privacy.policy import CloudShield, PrivacyGuard
@@ -136,7 +136,7 @@ class Gateway:
                 self._last_tier.remember(turn.session_id, route.tier)
                 if route.tier == Tier.LOCAL and "decode_s" in event.timings:
                     self.device.record_decode(event.completion_tokens, event.timings["decode_s"])
-            elif waiting_first and event.text:
+            elif waiting_first and (isinstance(event, ToolCallDelta) or event.text):
                 waiting_first = False
                 self.metrics.observe_first_token(route.tier, started)
             yield event
@@ -152,6 +152,14 @@ class Gateway:
         shield = None
         if route.tier == Tier.CLOUD:
             shield = await self._shield(turn, messages)
+            if shield is None and turn.calls_tools:
+                raise InvalidRequestError(
+                    "The conversation holds content the privacy policy keeps on the device, "
+                    f"and the local model ({self.local.model_name}) cannot call tools. Drop "
+                    "'tools' for a local answer.",
+                    param="tools",
+                    code="privacy_keep_local",
+                )
             if shield is None:  # content the policy keeps on the device
                 local = self._local("privacy_keep_local")
                 messages, route = await self._fit(turn, local)

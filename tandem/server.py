@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tandem.api import ChatCompletionRequest, ResponseBuilder
+from tandem.api import ChatCompletionRequest
 from tandem.errors import (
     AuthenticationError,
     ConfigError,
@@ -27,11 +27,13 @@ from tandem.errors import (
     PayloadTooLargeError,
     TandemError,
 )
-from tandem.events import Finish, TokenEvent
+from tandem.events import Finish, TokenEvent, ToolCallDelta
 from tandem.gateway import Gateway
+from tandem.responses import ResponseBuilder
 from tandem.sessions.service import SessionService
 from tandem.sessions.store import check_session_id
 from tandem.settings import Settings
+from tandem.tools import CallBuilder
 from tandem.turn import GatewayEvent, RouteInfo
 
 log = logging.getLogger("tandem.server")
@@ -300,7 +302,7 @@ async def _until_first_output(
         head.append(event)
         if isinstance(event, RouteInfo):
             route = event
-        elif isinstance(event, Finish) or event.text:
+        elif isinstance(event, Finish | ToolCallDelta) or event.text:
             break
     assert route is not None, "the gateway yields a RouteInfo first"
     return route, head
@@ -322,14 +324,17 @@ async def _collect(
     events: AsyncGenerator[GatewayEvent, None],
 ) -> dict[str, Any]:
     tokens: list[TokenEvent] = []
+    calls = CallBuilder()
     async with contextlib.aclosing(events):
         async for event in _replay(head, events):
             if isinstance(event, RouteInfo):
                 route = event
             elif isinstance(event, TokenEvent):
                 tokens.append(event)
+            elif isinstance(event, ToolCallDelta):
+                calls.add(event)
             else:
-                return builder.completion(route, tokens, event)
+                return builder.completion(route, tokens, event, calls.calls())
     raise TandemError("The answering tier ended without finishing the response.")
 
 
@@ -348,6 +353,8 @@ async def _sse(
             elif isinstance(event, TokenEvent):
                 if event.text or builder.want_logprobs:
                     yield _data(builder.token_chunk(route, event))
+            elif isinstance(event, ToolCallDelta):
+                yield _data(builder.tool_chunk(route, event))
             else:
                 yield _data(builder.final_chunk(route, event))
     except TandemError as exc:  # headers are gone: report in-band, as OpenAI does

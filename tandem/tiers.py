@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from tandem.cloud.breaker import CircuitBreaker
 from tandem.cloud.stream import CloudChunk
-from tandem.events import GenerationParams, StreamEvent
+from tandem.events import GenerationParams, LocalEvent
 from tandem.local.chat import Message
 
 
@@ -63,7 +63,7 @@ class LocalTier(Protocol):
         params: GenerationParams,
         assistant_prefix: str = "",
         session: str | None = None,
-    ) -> AsyncGenerator[StreamEvent, None]: ...
+    ) -> AsyncGenerator[LocalEvent, None]: ...
 
     def forget(self, session: str) -> None: ...
 

@@ -16,6 +16,7 @@ from tandem.local.chat import Message
 from tandem.privacy.redact import Placeholders
 from tandem.privacy.types import PrivacyMode
 from tandem.tiers import CloudTier, LocalTier, Tier
+from tandem.tools import Tools, wire_message
 
 __all__ = [
     "CloudTier",
@@ -63,6 +64,12 @@ class Turn:
     privacy: PrivacyMode = PrivacyMode.REDACT
     privacy_explicit: bool = False  # asked for by the request (not the gateway's default)
     placeholders: Placeholders | None = None  # a session's table; a fresh one per turn if None
+    tools: Tools | None = None  # the tools the answer may call (only the cloud can)
+
+    @property
+    def calls_tools(self) -> bool:
+        """Whether the answer may call a tool: only the cloud tier can answer it."""
+        return self.tools is not None and self.tools.callable
 
 
 GatewayEvent = RouteInfo | StreamEvent
@@ -79,16 +86,14 @@ def last_user_text(messages: Sequence[Message]) -> str:
 def cloud_body(turn: Turn, messages: Sequence[Message] | None = None) -> dict[str, Any]:
     """The OpenAI request the cloud tier receives for a turn.
 
-    Messages come first, as ``{"role", "content"}`` in stored order with their text untouched,
+    Messages come first, as ``{"role", "content"}`` (and their tool calls) in stored order with
+    their text untouched,
     so that consecutive turns of a conversation share a byte-identical prefix (which a server
     with prefix caching, such as vLLM, reuses).
     """
     p = turn.params
     body: dict[str, Any] = {
-        "messages": [
-            {"role": m["role"], "content": m["content"]}
-            for m in (turn.messages if messages is None else messages)
-        ],
+        "messages": [wire_message(m) for m in (turn.messages if messages is None else messages)],
         "max_tokens": p.max_tokens,
         "temperature": p.temperature,
         "top_p": p.top_p,
@@ -99,6 +104,8 @@ def cloud_body(turn: Turn, messages: Sequence[Message] | None = None) -> dict[st
         body["seed"] = p.seed
     if p.output is not None:
         body["response_format"] = p.output.wire()
+    if turn.tools is not None:
+        body.update(turn.tools.wire())
     if p.logprobs:  # the cloud's logprobs are passed on to the client
         body["logprobs"] = True
         if p.top_logprobs:

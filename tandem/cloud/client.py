@@ -33,6 +33,7 @@ from tandem.cloud.errors import (
 from tandem.cloud.stream import CloudChunk, CloudCompletion, TokenLogprob, read_chunks
 from tandem.errors import CloudError
 from tandem.structured import Dialect, for_dialect
+from tandem.tools import choice_for_dialect
 
 if TYPE_CHECKING:
     from tandem.settings import Settings
@@ -274,6 +275,7 @@ class CloudClient:
     def _request_body(self, body: dict[str, Any]) -> dict[str, Any]:
         if "response_format" in body:
             body = {**body, "response_format": for_dialect(body["response_format"], self.dialect)}
+        body = choice_for_dialect(body, self.dialect)
         return {
             **body,
             "model": self.model,
@@ -449,7 +451,12 @@ class CloudClient:
 
 def _answers(chunk: CloudChunk) -> bool:
     """Whether ``chunk`` is the start of the answer (a role-only chunk is not)."""
-    return bool(chunk.text) or chunk.finish_reason is not None or bool(chunk.logprobs)
+    return (
+        bool(chunk.text)
+        or bool(chunk.tool_calls)
+        or chunk.finish_reason is not None
+        or bool(chunk.logprobs)
+    )
 
 
 def _first(new: int | None, old: int | None) -> int | None:

@@ -10,6 +10,8 @@ from typing import Any
 import httpx
 
 from tandem.errors import CloudError
+from tandem.events import ToolCallDelta
+from tandem.tools import parse_deltas
 
 
 @dataclass(frozen=True)
@@ -23,7 +25,8 @@ class TokenLogprob:
 
 @dataclass(frozen=True)
 class CloudChunk:
-    """One streamed event: a text delta, the finish reason, logprobs, or the usage totals."""
+    """One streamed event: a text delta, tool-call pieces, the finish reason, logprobs, or the
+    usage totals."""
 
     text: str = ""
     finish_reason: str | None = None
@@ -31,6 +34,7 @@ class CloudChunk:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     cached_tokens: int | None = None  # usage.prompt_tokens_details.cached_tokens
+    tool_calls: tuple[ToolCallDelta, ...] = ()  # as the server sent them (see CallBuilder)
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
@@ -122,6 +126,7 @@ def _chunk_from_payload(payload: dict[str, Any]) -> CloudChunk:
         prompt_tokens=usage.get("prompt_tokens"),
         completion_tokens=usage.get("completion_tokens"),
         cached_tokens=(usage.get("prompt_tokens_details") or {}).get("cached_tokens"),
+        tool_calls=parse_deltas(delta),
         raw=payload,
     )
 

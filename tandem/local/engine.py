@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from tandem.errors import ContextLengthError, ModelLoadError, OverloadedError, TandemError
-from tandem.events import GenerationParams, StreamEvent
+from tandem.events import GenerationParams, LocalEvent
 from tandem.local.chat import Message, PromptRenderer
 from tandem.local.constrain import Vocabulary
 from tandem.local.kvstate import SessionCache
@@ -38,7 +38,7 @@ from tandem.settings import Settings
 from tandem.tiers import EngineState
 
 log = logging.getLogger("tandem.local")
-Sink = Callable[[StreamEvent | BaseException | None], None]
+Sink = Callable[[LocalEvent | BaseException | None], None]
 # Seconds before retrying a failed load: doubles after each failure, up to the cap.
 RETRY_FIRST_S = 1.0
 RETRY_MAX_S = 60.0
@@ -223,12 +223,12 @@ class LocalEngine:
         params: GenerationParams,
         assistant_prefix: str = "",
         session: str | None = None,
-    ) -> AsyncGenerator[StreamEvent, None]:
+    ) -> AsyncGenerator[LocalEvent, None]:
         """Stream a generation; closing the iterator early cancels it."""
         loop = asyncio.get_running_loop()
-        events: asyncio.Queue[StreamEvent | BaseException | None] = asyncio.Queue()
+        events: asyncio.Queue[LocalEvent | BaseException | None] = asyncio.Queue()
 
-        def sink(item: StreamEvent | BaseException | None) -> None:
+        def sink(item: LocalEvent | BaseException | None) -> None:
             loop.call_soon_threadsafe(events.put_nowait, item)
 
         cancelled = self.submit(messages, params, sink, assistant_prefix, session)
@@ -246,9 +246,9 @@ class LocalEngine:
         params: GenerationParams,
         assistant_prefix: str = "",
         session: str | None = None,
-    ) -> Iterator[StreamEvent]:
+    ) -> Iterator[LocalEvent]:
         """The same stream for synchronous callers (benchmarks, scripts)."""
-        events: queue.SimpleQueue[StreamEvent | BaseException | None] = queue.SimpleQueue()
+        events: queue.SimpleQueue[LocalEvent | BaseException | None] = queue.SimpleQueue()
         cancelled = self.submit(messages, params, events.put, assistant_prefix, session)
         try:
             while (item := events.get()) is not None:

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from tandem.local.chat import Message
 from tandem.privacy.detect import DEFAULT_CATEGORIES, Detector, supported
-from tandem.privacy.redact import Placeholders, Restorer, redact_messages
+from tandem.privacy.redact import Placeholders, Restorer, json_string, redact_messages
 from tandem.privacy.types import Finding, PrivacyMode
 
 _STRICTNESS = {PrivacyMode.ALLOW: 0, PrivacyMode.REDACT: 1, PrivacyMode.LOCAL_ONLY: 2}
@@ -69,6 +69,11 @@ class CloudShield:
 
     def flush(self) -> str:
         return "" if self.restorer is None else self.restorer.flush()
+
+    def argument_restorer(self) -> Restorer:
+        """A restorer for a tool call's arguments (JSON text: values are escaped there)."""
+        table = self.restorer.table if self.restorer is not None else Placeholders()
+        return Restorer(table, json_string)
 
 
 class PrivacyGuard:

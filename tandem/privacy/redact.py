@@ -14,12 +14,14 @@ either completes or cannot.
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from tandem.local.chat import Message
 from tandem.privacy.types import Finding
+from tandem.tools import decode_calls, encode_calls
 
 PLACEHOLDER = re.compile(r"<([A-Z][A-Z_]*)_(\d+)>")
 _MAX_PLACEHOLDER = 40  # longest spelling of a placeholder, "&lt; EMAIL_ADDRESS_1234 &gt;"
@@ -69,9 +71,39 @@ def redact_messages(
     for message, found in zip(messages, findings, strict=True):
         for f in found:
             counts[f.category] = counts.get(f.category, 0) + 1
-        content = redact_text(message["content"], found, table)
-        redacted.append({"role": message["role"], "content": content})
+        out = {**message, "content": redact_text(message["content"], found, table)}
+        redacted.append(out)
+    for out in redacted:
+        if "tool_calls" in out:
+            # Arguments the model wrote from values redacted anywhere in the conversation.
+            out["tool_calls"] = _redact_calls(out["tool_calls"], table)
     return Redacted(redacted, counts)
+
+
+def _redact_calls(encoded: str, table: Placeholders) -> str:
+    calls = decode_calls(encoded)
+    for call in calls:
+        function = call.get("function") or {}
+        if isinstance(function.get("arguments"), str):  # JSON text: values are escaped there
+            function["arguments"] = replace_values(function["arguments"], table, json_string)
+    return encode_calls(calls)
+
+
+def replace_values(
+    text: str, table: Placeholders, escape: Callable[[str], str] = lambda v: v
+) -> str:
+    """``text`` with every value of the table (as ``escape`` writes it) replaced by its
+    placeholder, longest value first."""
+    for value in sorted(table.by_value, key=len, reverse=True):
+        written = escape(value)
+        if written in text:
+            text = text.replace(written, table.by_value[value])
+    return text
+
+
+def json_string(value: str) -> str:
+    """``value`` as it is written inside a JSON string (escapes, no quotes)."""
+    return json.dumps(value, ensure_ascii=False)[1:-1]
 
 
 # What the client sees for a placeholder the cloud made up (a number that was never sent, or
@@ -139,8 +171,10 @@ class Restorer:
     ``PERSON_12``); ``flush`` settles the rest.
     """
 
-    def __init__(self, table: Placeholders):
+    def __init__(self, table: Placeholders, escape: Callable[[str], str] | None = None):
+        self.table = table
         self._values = table.values()
+        self._escape = escape  # how a value is written where it goes (in JSON: json_string)
         self._held = ""
         self._last = ""  # the last character given out: a bare placeholder needs a boundary
         known = {*NEUTRAL, *(p[1:].rsplit("_", 1)[0] for p in self._values)}
@@ -174,7 +208,7 @@ class Restorer:
     def _value(self, category: str, number: str) -> str:
         value = self._values.get(f"<{category}_{int(number)}>")
         if value is not None:
-            return value
+            return value if self._escape is None else self._escape(value)
         return NEUTRAL.get(category, REDACTED)
 
     def _restore(self, text: str) -> str:

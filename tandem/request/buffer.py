@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from tandem.events import StreamEvent, TokenEvent
+from tandem.events import StreamEvent, TokenEvent, ToolCallDelta
 
 
 class AnswerBuffer:
@@ -16,9 +16,10 @@ class AnswerBuffer:
 
     def __init__(self) -> None:
         self._pieces: list[str] = []
+        self._called = False  # a tool call has begun: no other tier can continue it
 
     def __bool__(self) -> bool:
-        return bool(self._pieces)
+        return bool(self._pieces) or self._called
 
     @property
     def text(self) -> str:
@@ -33,3 +34,5 @@ class AnswerBuffer:
     def record(self, event: StreamEvent) -> None:
         if isinstance(event, TokenEvent) and event.text:
             self._pieces.append(event.text)
+        elif isinstance(event, ToolCallDelta):
+            self._called = True

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
 
-from tandem.events import Finish, StreamEvent, TokenEvent
+from tandem.events import Finish, LocalEvent, StreamEvent, TokenEvent
 from tandem.routing.policy import RouteDecision, RoutingPolicy
 from tandem.routing.signals import RunningConfidence, prompt_features
 from tandem.structured import OutputFormat
@@ -48,7 +48,7 @@ class Cascade:
         self.output = output
         self.confidence = RunningConfidence(prompt)
         self.about_prompt = decision.prompt_features or prompt_features(prompt)
-        self.held: list[StreamEvent] = []
+        self.held: list[LocalEvent] = []
         self.finished = False  # the local answer ended within the start
 
     @property
@@ -64,7 +64,7 @@ class Cascade:
 
     async def hold(
         self,
-        local: AsyncIterator[StreamEvent],
+        local: AsyncIterator[LocalEvent],
         at_hedge: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         """Read ``local`` up to the check (``at_hedge`` runs once, at the hedge's token)."""
@@ -81,7 +81,7 @@ class Cascade:
             if at_hedge is not None and self.tokens == hedge_at:
                 await at_hedge()
 
-    async def rest(self, local: AsyncIterator[StreamEvent]) -> AsyncIterator[StreamEvent]:
+    async def rest(self, local: AsyncIterator[LocalEvent]) -> AsyncIterator[LocalEvent]:
         """The kept local answer: the held start, then the rest of ``local``."""
         for event in self.held:
             yield event

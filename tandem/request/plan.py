@@ -59,6 +59,8 @@ def plan(turn: Turn, now: Situation, policy: RoutingPolicy) -> Plan:
     fits_local = now.prompt_tokens < now.local_n_ctx
     fits_cloud = now.prompt_tokens < now.cloud_n_ctx
     trims = turn.context_starts is not None
+    if turn.calls_tools:
+        return Plan(_tool_route(turn, now, fits_cloud or trims))
     if turn.privacy == PrivacyMode.LOCAL_ONLY:
         return Plan(_local_only(turn, now, fits_local or trims))
     if not fits_local and not (fits_cloud and now.cloud_model is not None) and not trims:
@@ -106,8 +108,55 @@ def check_structured(turn: Turn, decision: RouteDecision) -> RouteDecision:
     return replace(decision, action=Action.CASCADE, cascade_tokens=0)
 
 
+def _tool_route(turn: Turn, now: Situation, fits: bool) -> RouteInfo:
+    """A turn whose answer may call tools: the cloud's, or the error that says why not. (The
+    bundled local models' chat templates have no tools, so the local tier never calls them.)"""
+    cannot = f"the local model ({now.local_model}) cannot call tools"
+    if turn.privacy == PrivacyMode.LOCAL_ONLY:
+        raise InvalidRequestError(
+            f"The request offers tools, but privacy 'local_only' (for this request or its "
+            f"session) keeps it on the device and {cannot}. Drop 'tools' (or send "
+            "tool_choice 'none'), or use privacy 'redact'.",
+            param="tools",
+        )
+    if turn.route == RoutePreference.LOCAL:
+        raise InvalidRequestError(
+            f"tandem.route is 'local' but the request offers tools and {cannot}. Drop "
+            "'tools' (or send tool_choice 'none'), or route 'auto' or 'cloud'.",
+            param="tandem.route",
+        )
+    if now.cloud_model is None:
+        raise InvalidRequestError(
+            f"The request offers tools and {cannot}; this gateway has no cloud tier "
+            "(TANDEM_CLOUD_URL is not set). Drop 'tools' or configure a cloud.",
+            param="tools",
+        )
+    if not fits:
+        raise ContextLengthError(
+            f"The prompt is about {now.prompt_tokens} tokens and the cloud's context window "
+            f"is {now.cloud_n_ctx}; only the cloud can call tools. Shorten the conversation.",
+            param="messages",
+        )
+    if not now.cloud_up:
+        raise _no_tools_now(now, "cloud_unavailable")
+    return now.cloud("requested_cloud" if turn.route == RoutePreference.CLOUD else "requires_tools")
+
+
+def _no_tools_now(now: Situation, reason: str) -> TierUnavailableError:
+    return TierUnavailableError(
+        f"The request offers tools, only the cloud can call them, and the cloud cannot answer "
+        f"now ({reason}); the local model ({now.local_model}) cannot call tools. Retry later, "
+        "or drop 'tools' for a local answer.",
+        code=reason,
+        retry_after_s=now.cloud_retry_after_s,
+    )
+
+
 def fallback(turn: Turn, now: Situation, reason: str) -> RouteInfo:
-    """The local route when the cloud cannot answer; the error when the turn forbids it."""
+    """The local route when the cloud cannot answer; the error when the turn forbids it (or
+    may call tools, which the local model cannot)."""
+    if turn.calls_tools:
+        raise _no_tools_now(now, reason)
     if turn.fallback:
         return now.local(reason)
     if now.cloud_model is None:  # retrying cannot help: a client error, not a 503

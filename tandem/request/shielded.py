@@ -6,16 +6,18 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from typing import Any
 
 from tandem.errors import TandemError
-from tandem.events import Finish, StreamEvent, TokenEvent
+from tandem.events import Finish, StreamEvent, TokenEvent, ToolCallDelta
 from tandem.local.chat import Message
 from tandem.metrics import GatewayMetrics
 from tandem.privacy.policy import CloudShield, PrivacyGuard, digest
-from tandem.privacy.redact import Placeholders
+from tandem.privacy.redact import Placeholders, Restorer
 from tandem.privacy.types import PrivacyMode
 from tandem.tiers import CloudTier
+from tandem.tools import CallBuilder
 from tandem.turn import Turn, cloud_body
 
 log = logging.getLogger("tandem.gateway")
@@ -70,6 +72,9 @@ class ShieldedCloud:
         def record(body: bytes, endpoint: str) -> None:
             sent.append((body, endpoint))
 
+        calls = CallBuilder()
+        restorers: dict[int, Restorer] = {}  # per call: its arguments are JSON text
+
         try:
             async for chunk in self.cloud.stream_chat(cloud_body(turn, shield.messages), record):
                 restored = ""
@@ -90,6 +95,11 @@ class ShieldedCloud:
                         )
                 elif restored:
                     yield TokenEvent(text=restored)
+                for piece in chunk.tool_calls:
+                    if piece.index not in restorers:
+                        restorers[piece.index] = shield.argument_restorer()
+                    arguments = restorers[piece.index].feed(piece.arguments)
+                    yield calls.delta(replace(piece, arguments=arguments))
                 prompt_tokens = chunk.prompt_tokens or prompt_tokens
                 completion_tokens = chunk.completion_tokens or completion_tokens
                 if chunk.cached_tokens is not None:
@@ -114,6 +124,9 @@ class ShieldedCloud:
         tail = shield.flush()
         if tail:
             yield TokenEvent(text=tail)
+        for index, restorer in restorers.items():
+            if rest := restorer.flush():
+                yield calls.delta(ToolCallDelta(index, rest))
         yield Finish(
             reason=finish,  # the cloud's own reason ("content_filter", ...), passed through
             prompt_tokens=prompt_tokens,

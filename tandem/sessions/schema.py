@@ -58,4 +58,36 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX audit_by_time ON audit(at);
     CREATE INDEX audit_by_session ON audit(session_id, at);
     """,
+    # Tool calling: tool results (role 'tool') and the calls of assistant messages. SQLite
+    # cannot change a CHECK constraint in place, so the table is rebuilt.
+    """
+    CREATE TABLE messages_v3 (
+        session_id        TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+        seq               INTEGER NOT NULL,
+        exchange          INTEGER NOT NULL,
+        role              TEXT NOT NULL
+                          CHECK (role IN ('system', 'user', 'assistant', 'tool')),
+        content           TEXT NOT NULL,
+        status            TEXT NOT NULL CHECK (status IN ('complete', 'interrupted')),
+        tier              TEXT,
+        model             TEXT,
+        reason            TEXT,
+        prompt_tokens     INTEGER,
+        completion_tokens INTEGER,
+        prefill_tokens    INTEGER,
+        timings           TEXT,
+        context           TEXT,
+        created_at        REAL NOT NULL,
+        tool_calls        TEXT,
+        tool_call_id      TEXT,
+        PRIMARY KEY (session_id, seq)
+    ) WITHOUT ROWID;
+    INSERT INTO messages_v3 (session_id, seq, exchange, role, content, status, tier, model,
+        reason, prompt_tokens, completion_tokens, prefill_tokens, timings, context, created_at)
+    SELECT session_id, seq, exchange, role, content, status, tier, model, reason,
+        prompt_tokens, completion_tokens, prefill_tokens, timings, context, created_at
+    FROM messages;
+    DROP TABLE messages;
+    ALTER TABLE messages_v3 RENAME TO messages;
+    """,
 )

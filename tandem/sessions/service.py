@@ -14,13 +14,14 @@ import logging
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import replace
 
-from tandem.events import Finish, TokenEvent
+from tandem.events import Finish, TokenEvent, ToolCallDelta
 from tandem.gateway import Gateway
 from tandem.local.chat import Message
 from tandem.privacy.policy import strictest
 from tandem.privacy.redact import Placeholders
 from tandem.privacy.types import PrivacyMode
 from tandem.sessions.store import Answer, SessionStore, SessionStoreError, Status
+from tandem.tools import CallBuilder, encode_calls
 from tandem.turn import GatewayEvent, RouteInfo, Turn
 
 log = logging.getLogger("tandem.sessions")
@@ -63,6 +64,7 @@ class SessionService:
             starts = dict(context.starts)
             route: RouteInfo | None = None
             text: list[str] = []
+            calls = CallBuilder()
             committed = False
             try:
                 async for event in self.gateway.stream(full):
@@ -71,9 +73,11 @@ class SessionService:
                         starts[event.tier.value] = event.start
                     elif isinstance(event, TokenEvent):
                         text.append(event.text)
+                    elif isinstance(event, ToolCallDelta):
+                        calls.add(event)
                     else:
                         assert route is not None
-                        answer = _answer(route, "".join(text), "complete", event)
+                        answer = _answer(route, "".join(text), "complete", event, calls)
                         await asyncio.to_thread(
                             self.store.append,
                             session_id,
@@ -86,18 +90,16 @@ class SessionService:
                         committed = True
                     yield event
             finally:
-                if not committed and route is not None and text:
-                    await self._record_interrupted(
-                        held, session_id, added, route, "".join(text), full
-                    )
+                if not committed and route is not None and (text or calls):
+                    partial = _answer(route, "".join(text), "interrupted", None, calls)
+                    await self._record_interrupted(held, session_id, added, partial, full)
 
     async def _record_interrupted(
         self,
         held: _SessionLock,
         session_id: str,
         added: list[Message],
-        route: RouteInfo,
-        text: str,
+        answer: Answer,
         turn: Turn,
     ) -> None:
         """Write the cut-short answer on a worker thread, cancelled or not.
@@ -109,16 +111,15 @@ class SessionService:
         (and follows) it.
         """
         write = asyncio.ensure_future(
-            asyncio.to_thread(self._write_interrupted, session_id, added, route, text, turn)
+            asyncio.to_thread(self._write_interrupted, session_id, added, answer, turn)
         )
         held.hold_until(write)
         await asyncio.shield(write)
 
     def _write_interrupted(
-        self, session_id: str, added: list[Message], route: RouteInfo, text: str, turn: Turn
+        self, session_id: str, added: list[Message], answer: Answer, turn: Turn
     ) -> None:
         table = turn.placeholders.by_value if turn.placeholders is not None else None
-        answer = _answer(route, text, "interrupted", None)
         try:
             self.store.append(session_id, added, answer, None, turn.privacy.value, table)
         except SessionStoreError as exc:
@@ -189,7 +190,9 @@ def _session_privacy(turn: Turn, stored: str | None) -> PrivacyMode:
     return PrivacyMode(stored)
 
 
-def _answer(route: RouteInfo, text: str, status: Status, finish: Finish | None) -> Answer:
+def _answer(
+    route: RouteInfo, text: str, status: Status, finish: Finish | None, calls: CallBuilder
+) -> Answer:
     return Answer(
         content=text,
         status=status,
@@ -201,4 +204,5 @@ def _answer(route: RouteInfo, text: str, status: Status, finish: Finish | None) 
         prefill_tokens=None if finish is None else finish.prefill_tokens,
         timings={} if finish is None else finish.timings,
         context={"start": route.start, "dropped": route.dropped},
+        tool_calls=encode_calls(calls.calls()) if calls else None,
     )

@@ -23,6 +23,7 @@ from typing import Any, Literal, Protocol
 from tandem.errors import InvalidRequestError, TandemError
 from tandem.local.chat import Message
 from tandem.sessions.schema import APPLICATION_ID, MIGRATIONS
+from tandem.tools import decode_calls
 
 Status = Literal["complete", "interrupted"]
 SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
@@ -53,6 +54,7 @@ class Answer:
     prefill_tokens: int | None = None
     timings: dict[str, float] = field(default_factory=dict)
     context: dict[str, int] = field(default_factory=dict)  # first kept message, dropped count
+    tool_calls: str | None = None  # the calls it made (tandem.tools.encode_calls)
 
 
 @dataclass(frozen=True)
@@ -173,8 +175,8 @@ class SqliteSessionStore:
     def context(self, session_id: str) -> SessionContext:
         with self._lock:
             rows = self._db.execute(
-                "SELECT role, content FROM messages WHERE session_id = ? AND status = 'complete' "
-                "ORDER BY seq",
+                "SELECT role, content, tool_calls, tool_call_id FROM messages "
+                "WHERE session_id = ? AND status = 'complete' ORDER BY seq",
                 (session_id,),
             ).fetchall()
             session = self._db.execute(
@@ -184,7 +186,7 @@ class SqliteSessionStore:
             table = self._db.execute(
                 "SELECT value, placeholder FROM placeholders WHERE session_id = ?", (session_id,)
             ).fetchall()
-        messages: list[Message] = [{"role": role, "content": content} for role, content in rows]
+        messages = [_message(*row) for row in rows]
         local, cloud, privacy = session or (0, 0, None)
         return SessionContext(messages, {"local": local, "cloud": cloud}, privacy, dict(table))
 
@@ -252,13 +254,23 @@ class SqliteSessionStore:
                 for m in messages:
                     db.execute(
                         "INSERT INTO messages (session_id, seq, exchange, role, content, status, "
-                        "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (session_id, seq, exchange, m["role"], m["content"], status, now),
+                        "created_at, tool_calls, tool_call_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            session_id,
+                            seq,
+                            exchange,
+                            m["role"],
+                            m["content"],
+                            status,
+                            now,
+                            m.get("tool_calls"),
+                            m.get("tool_call_id"),
+                        ),
                     )
                     seq += 1
                 db.execute(
                     "INSERT INTO messages VALUES (?, ?, ?, 'assistant', ?, ?, ?, ?, ?, ?, ?, ?, "
-                    "?, ?, ?)",
+                    "?, ?, ?, ?, NULL)",
                     (
                         session_id,
                         seq,
@@ -274,6 +286,7 @@ class SqliteSessionStore:
                         json.dumps(answer.timings),
                         json.dumps(answer.context),
                         now,
+                        answer.tool_calls,
                     ),
                 )
                 if starts:
@@ -361,6 +374,15 @@ def _statements(script: str) -> list[str]:
     return [s.strip() for s in script.split(";") if s.strip()]
 
 
+def _message(role: str, content: str, tool_calls: str | None, call_id: str | None) -> Message:
+    message = {"role": role, "content": content}
+    if tool_calls is not None:
+        message["tool_calls"] = tool_calls
+    if call_id is not None:
+        message["tool_call_id"] = call_id
+    return message
+
+
 def _message_view(row: dict[str, Any]) -> dict[str, Any]:
     view: dict[str, Any] = {
         "seq": row["seq"],
@@ -370,6 +392,10 @@ def _message_view(row: dict[str, Any]) -> dict[str, Any]:
         "status": row["status"],
         "created_at": row["created_at"],
     }
+    if row["tool_calls"] is not None:
+        view["tool_calls"] = decode_calls(row["tool_calls"])
+    if row["tool_call_id"] is not None:
+        view["tool_call_id"] = row["tool_call_id"]
     if row["role"] == "assistant":
         view.update(
             tier=row["tier"],

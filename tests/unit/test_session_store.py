@@ -85,7 +85,7 @@ def test_delete_forgets_every_message(store: SqliteSessionStore) -> None:
 
 def test_a_failed_exchange_writes_nothing(store: SqliteSessionStore) -> None:
     store.append("s1", [user("one")], answer("a1"))
-    bad = [user("two"), {"role": "tool", "content": "x"}]  # the schema refuses the role
+    bad = [user("two"), {"role": "function", "content": "x"}]  # the schema refuses the role
     with pytest.raises(sqlite3.IntegrityError):
         store.append("s1", bad, answer("a2"))
     assert [m["content"] for m in store.context("s1").messages] == ["one", "a1"]
