@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from tandem.errors import InvalidRequestError, UnknownParameterError, UnsupportedParameterError
 from tandem.events import GenerationParams
 from tandem.local.chat import Message
 from tandem.privacy.types import PrivacyMode
@@ -284,8 +285,6 @@ class ChatCompletionRequest(BaseModel):
     def to_turn(
         self, default_max_tokens: int, max_tokens_limit: int, default_privacy: str = "redact"
     ) -> Turn:
-        from tandem.errors import InvalidRequestError
-
         max_tokens = (
             self.max_completion_tokens
             or self.max_tokens
@@ -330,3 +329,23 @@ class ChatCompletionRequest(BaseModel):
 
     def messages_for_model(self) -> list[Message]:
         return [m.for_model() for m in self.messages]
+
+
+def invalid_request(errors: Any) -> InvalidRequestError:
+    """The first validation error as an OpenAI-shaped 400. Fields refused by
+    ``accepted_fields`` carry their code as the error type and ``param`` in ctx."""
+    first = errors[0]
+    kind = first.get("type")
+    ctx = first.get("ctx") or {}
+    if kind == UNSUPPORTED:
+        return UnsupportedParameterError(str(first.get("msg")), param=ctx.get("param"))
+    if kind == UNKNOWN:
+        return UnknownParameterError(str(first.get("msg")), param=ctx.get("param"))
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    param = ".".join(loc) or None
+    if kind == "extra_forbidden" and param:  # e.g. a field inside 'tandem'
+        return UnknownParameterError(
+            f"Unrecognized request argument supplied: '{param}'; drop it.", param=param
+        )
+    where = f" at '{param}'" if param else ""
+    return InvalidRequestError(f"Invalid request{where}: {first.get('msg')}", param=param)

@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tandem.api import ChatCompletionRequest
+from tandem.api import ChatCompletionRequest, invalid_request
 from tandem.errors import (
     AuthenticationError,
     ConfigError,
@@ -266,30 +266,7 @@ def _parse(body: bytes) -> ChatCompletionRequest:
     try:
         return ChatCompletionRequest.model_validate_json(body)
     except ValidationError as exc:
-        raise _invalid(exc.errors()) from None
-
-
-def _invalid(errors: Any) -> InvalidRequestError:
-    """The first validation error as an OpenAI-shaped 400. Fields refused by
-    ``tandem.api.accepted_fields`` carry their code as the error type and ``param`` in ctx."""
-    from tandem.api import UNKNOWN, UNSUPPORTED
-    from tandem.errors import UnknownParameterError, UnsupportedParameterError
-
-    first = errors[0]
-    kind = first.get("type")
-    ctx = first.get("ctx") or {}
-    if kind == UNSUPPORTED:
-        return UnsupportedParameterError(str(first.get("msg")), param=ctx.get("param"))
-    if kind == UNKNOWN:
-        return UnknownParameterError(str(first.get("msg")), param=ctx.get("param"))
-    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-    param = ".".join(loc) or None
-    if kind == "extra_forbidden" and param:  # e.g. a field inside 'tandem'
-        return UnknownParameterError(
-            f"Unrecognized request argument supplied: '{param}'; drop it.", param=param
-        )
-    where = f" at '{param}'" if param else ""
-    return InvalidRequestError(f"Invalid request{where}: {first.get('msg')}", param=param)
+        raise invalid_request(exc.errors()) from None
 
 
 async def _until_first_output(
@@ -389,7 +366,7 @@ def _add_error_handlers(app: FastAPI, gw: Gateway) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return await tandem_error(request, _invalid(exc.errors()))
+        return await tandem_error(request, invalid_request(exc.errors()))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

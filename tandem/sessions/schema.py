@@ -1,6 +1,13 @@
-"""The session database's schema, as numbered migrations (``PRAGMA user_version``)."""
+"""The session database's schema, as numbered migrations (``PRAGMA user_version``), and how
+its message rows read."""
 
 from __future__ import annotations
+
+import json
+from typing import Any
+
+from tandem.local.chat import Message
+from tandem.tools import decode_calls
 
 APPLICATION_ID = 0x54414E44  # "TAND": marks a file as a Tandem session database
 
@@ -91,3 +98,45 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE messages_v3 RENAME TO messages;
     """,
 )
+
+
+def message_from_row(
+    role: str, content: str, tool_calls: str | None, call_id: str | None
+) -> Message:
+    """A stored message as the models see it."""
+    message = {"role": role, "content": content}
+    if tool_calls is not None:
+        message["tool_calls"] = tool_calls
+    if call_id is not None:
+        message["tool_call_id"] = call_id
+    return message
+
+
+def message_view(row: dict[str, Any]) -> dict[str, Any]:
+    """A stored message as a transcript shows it."""
+    view: dict[str, Any] = {
+        "seq": row["seq"],
+        "exchange": row["exchange"],
+        "role": row["role"],
+        "content": row["content"],
+        "status": row["status"],
+        "created_at": row["created_at"],
+    }
+    if row["tool_calls"] is not None:
+        view["tool_calls"] = decode_calls(row["tool_calls"])
+    if row["tool_call_id"] is not None:
+        view["tool_call_id"] = row["tool_call_id"]
+    if row["role"] == "assistant":
+        view.update(
+            tier=row["tier"],
+            model=row["model"],
+            reason=row["reason"],
+            usage={
+                "prompt_tokens": row["prompt_tokens"],
+                "completion_tokens": row["completion_tokens"],
+                "prefill_tokens": row["prefill_tokens"],
+            },
+            timings=json.loads(row["timings"] or "{}"),
+            context=json.loads(row["context"] or "{}"),
+        )
+    return view

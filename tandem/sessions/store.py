@@ -22,8 +22,7 @@ from typing import Any, Literal, Protocol
 
 from tandem.errors import InvalidRequestError, TandemError
 from tandem.local.chat import Message
-from tandem.sessions.schema import APPLICATION_ID, MIGRATIONS
-from tandem.tools import decode_calls
+from tandem.sessions.schema import APPLICATION_ID, MIGRATIONS, message_from_row, message_view
 
 Status = Literal["complete", "interrupted"]
 SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
@@ -186,7 +185,7 @@ class SqliteSessionStore:
             table = self._db.execute(
                 "SELECT value, placeholder FROM placeholders WHERE session_id = ?", (session_id,)
             ).fetchall()
-        messages = [_message(*row) for row in rows]
+        messages = [message_from_row(*row) for row in rows]
         local, cloud, privacy = session or (0, 0, None)
         return SessionContext(messages, {"local": local, "cloud": cloud}, privacy, dict(table))
 
@@ -207,7 +206,7 @@ class SqliteSessionStore:
             "object": "tandem.session",
             "created_at": session[0],
             "updated_at": session[1],
-            "messages": [_message_view(row) for row in rows],
+            "messages": [message_view(row) for row in rows],
         }
 
     def list_sessions(self, limit: int = 100) -> list[dict[str, Any]]:
@@ -372,41 +371,3 @@ class SqliteSessionStore:
 
 def _statements(script: str) -> list[str]:
     return [s.strip() for s in script.split(";") if s.strip()]
-
-
-def _message(role: str, content: str, tool_calls: str | None, call_id: str | None) -> Message:
-    message = {"role": role, "content": content}
-    if tool_calls is not None:
-        message["tool_calls"] = tool_calls
-    if call_id is not None:
-        message["tool_call_id"] = call_id
-    return message
-
-
-def _message_view(row: dict[str, Any]) -> dict[str, Any]:
-    view: dict[str, Any] = {
-        "seq": row["seq"],
-        "exchange": row["exchange"],
-        "role": row["role"],
-        "content": row["content"],
-        "status": row["status"],
-        "created_at": row["created_at"],
-    }
-    if row["tool_calls"] is not None:
-        view["tool_calls"] = decode_calls(row["tool_calls"])
-    if row["tool_call_id"] is not None:
-        view["tool_call_id"] = row["tool_call_id"]
-    if row["role"] == "assistant":
-        view.update(
-            tier=row["tier"],
-            model=row["model"],
-            reason=row["reason"],
-            usage={
-                "prompt_tokens": row["prompt_tokens"],
-                "completion_tokens": row["completion_tokens"],
-                "prefill_tokens": row["prefill_tokens"],
-            },
-            timings=json.loads(row["timings"] or "{}"),
-            context=json.loads(row["context"] or "{}"),
-        )
-    return view
