@@ -314,3 +314,21 @@ def test_a_version_2_session_database_is_upgraded_with_its_messages(tmp_path: Pa
     assert store.schema_version == len(MIGRATIONS) == 3
     assert store.context("s").messages == [{"role": "user", "content": "old question"}]
     store.close()
+
+
+def test_a_session_recognises_a_resent_transcript_with_tool_calls(
+    api: TestClient, cloud: ToolCloud
+) -> None:
+    session = {"X-Session-Id": "tools-resent"}
+    body = {"messages": USER, "tools": [SEND], "tool_choice": NAMED}
+    first = api.post("/v1/chat/completions", json=body, headers=session)
+    assert first.status_code == 200, first.text
+    message = first.json()["choices"][0]["message"]
+    result = {"role": "tool", "tool_call_id": message["tool_calls"][0]["id"], "content": "sent"}
+    # A stateless client sends the whole transcript again, the SDK's way (content null).
+    body = {"messages": [*USER, message, result], "tools": [SEND], "tool_choice": NAMED}
+    second = api.post("/v1/chat/completions", json=body, headers=session)
+    assert second.status_code == 200, second.text
+    sent = cloud.bodies[1]["messages"]
+    assert [m["role"] for m in sent] == ["user", "assistant", "tool"]
+    assert sent[1]["tool_calls"][0]["id"] == "call_abc"
