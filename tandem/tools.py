@@ -182,8 +182,14 @@ def wire_message(message: Mapping[str, str]) -> dict[str, Any]:
     return wire
 
 
-def has_tool_traffic(messages: Iterable[Mapping[str, str]]) -> bool:
-    return any("tool_calls" in m or m["role"] == "tool" for m in messages)
+def call_arguments(messages: Iterable[Mapping[str, str]]) -> list[str]:
+    """The argument texts of the tool calls in ``messages``, in order."""
+    return [
+        str((call.get("function") or {}).get("arguments") or "")
+        for m in messages
+        if "tool_calls" in m
+        for call in decode_calls(m["tool_calls"])
+    ]
 
 
 # -- the calls an answer makes ----------------------------------------------------------------

@@ -24,6 +24,7 @@ from tandem.local.chat import Message
 from tandem.privacy.detect import DEFAULT_CATEGORIES, Detector, supported
 from tandem.privacy.redact import Placeholders, Restorer, json_string, redact_messages
 from tandem.privacy.types import Finding, PrivacyMode
+from tandem.tools import call_arguments
 
 _STRICTNESS = {PrivacyMode.ALLOW: 0, PrivacyMode.REDACT: 1, PrivacyMode.LOCAL_ONLY: 2}
 
@@ -39,11 +40,12 @@ def strictest(*modes: PrivacyMode | str | None) -> PrivacyMode:
 class Assessment:
     findings: list[list[Finding]]  # per message
     keep_local: tuple[str, ...]  # categories found that may not leave the device
+    in_calls: list[Finding] = field(default_factory=list)  # in tool-call arguments
 
     @property
     def counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
-        for found in self.findings:
+        for found in [*self.findings, self.in_calls]:
             for f in found:
                 counts[f.category] = counts.get(f.category, 0) + 1
         return counts
@@ -52,7 +54,7 @@ class Assessment:
     def decision(self) -> Decision:
         if self.keep_local:
             return "keep_local"
-        return "redact" if any(self.findings) else "send"
+        return "redact" if any(self.findings) or self.in_calls else "send"
 
 
 @dataclass
@@ -108,16 +110,20 @@ class PrivacyGuard:
         self._tables = threading.Lock()
 
     def assess(self, messages: Sequence[Message], table: Placeholders | None = None) -> Assessment:
-        scanned = [self.detector.scan(m["content"]) for m in messages]
+        # The arguments of the history's tool calls are scanned as texts of their own.
+        texts = [m["content"] for m in messages] + call_arguments(messages)
+        scanned = [self.detector.scan(t) for t in texts]
         support = bool(table is not None and table.by_value) or any(
             not f.weak for fs in scanned for f in fs
         )
         if support:
             # Given names alone count now: the model decides those it had not yet seen.
-            scanned = [self.detector.settled(m["content"]) for m in messages]
+            scanned = [self.detector.settled(t) for t in texts]
         findings = [supported(fs, support) for fs in scanned]
         found = {f.category for fs in findings for f in fs}
-        return Assessment(findings, tuple(c for c in self.keep_local if c in found))
+        keep = tuple(c for c in self.keep_local if c in found)
+        n = len(messages)
+        return Assessment(findings[:n], keep, [f for fs in findings[n:] for f in fs])
 
     def shield(
         self, messages: Sequence[Message], mode: PrivacyMode, table: Placeholders | None
@@ -132,6 +138,8 @@ class PrivacyGuard:
             return None
         table = table if table is not None else Placeholders()
         with self._tables:
+            for f in assessment.in_calls:  # redact_messages replaces the table's values there
+                table.placeholder(f.category, f.text)
             redacted = redact_messages(messages, assessment.findings, table)
             restorer = Restorer(table)
         return CloudShield(redacted.messages, mode, redacted.counts, restorer)

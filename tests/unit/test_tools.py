@@ -141,24 +141,33 @@ def test_streamed_calls_name_the_call_once_and_restore_split_placeholders(
     assert events[-1]["choices"][0]["finish_reason"] == "tool_calls"
 
 
-def test_history_arguments_are_redacted_like_the_text(api: TestClient, cloud: ToolCloud) -> None:
+def sent_history(
+    api: TestClient, cloud: ToolCloud, user: str, to: str, result: str
+) -> list[dict[str, Any]]:
+    """What the cloud receives for a history in which the model called send_email(to)."""
     call = {
         "id": "call_1",
         "type": "function",
-        "function": {"name": "send_email", "arguments": '{"to": "jane.doe@example.org"}'},
+        "function": {"name": "send_email", "arguments": json.dumps({"to": to})},
     }
     messages = [
-        *USER,
+        {"role": "user", "content": user},
         {"role": "assistant", "content": None, "tool_calls": [call]},
-        {"role": "tool", "tool_call_id": "call_1", "content": "Sent to jane.doe@example.org."},
+        {"role": "tool", "tool_call_id": "call_1", "content": result},
     ]
     r = api.post(
         "/v1/chat/completions",
         json={"messages": messages, "tools": [SEND], "tool_choice": "required"},
     )
     assert r.status_code == 200, r.text
-    sent = cloud.bodies[0]["messages"]
-    assert "jane.doe@example.org" not in json.dumps(sent)
+    sent: list[dict[str, Any]] = cloud.bodies[0]["messages"]
+    return sent
+
+
+def test_history_arguments_are_redacted_like_the_text(api: TestClient, cloud: ToolCloud) -> None:
+    email = "jane.doe@example.org"
+    sent = sent_history(api, cloud, USER[0]["content"], email, f"Sent to {email}.")
+    assert email not in json.dumps(sent)
     assert sent[1]["tool_calls"][0]["id"] == "call_1"
     assert json.loads(sent[1]["tool_calls"][0]["function"]["arguments"]) == {
         "to": "<EMAIL_ADDRESS_1>"
@@ -332,3 +341,14 @@ def test_a_session_recognises_a_resent_transcript_with_tool_calls(
     sent = cloud.bodies[1]["messages"]
     assert [m["role"] for m in sent] == ["user", "assistant", "tool"]
     assert sent[1]["tool_calls"][0]["id"] == "call_abc"
+
+
+def test_a_value_only_in_a_calls_arguments_is_redacted_too(
+    api: TestClient, cloud: ToolCloud
+) -> None:
+    email = "sam.lee@example.com"
+    sent = sent_history(api, cloud, "Tell my colleague I am late.", email, "Sent.")
+    assert email not in json.dumps(sent)
+    assert json.loads(sent[1]["tool_calls"][0]["function"]["arguments"]) == {
+        "to": "<EMAIL_ADDRESS_1>"
+    }
