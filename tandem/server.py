@@ -309,7 +309,7 @@ async def _collect(
             elif isinstance(event, TokenEvent):
                 tokens.append(event)
             elif isinstance(event, ToolCallDelta):
-                calls.add(event)
+                calls.delta(event)
             else:
                 return builder.completion(route, tokens, event, calls.calls())
     raise TandemError("The answering tier ended without finishing the response.")

@@ -201,8 +201,9 @@ class CallBuilder:
 
     Servers differ in what they repeat: llama.cpp's sends ``id`` and ``name`` with every
     fragment, OpenAI's only with the first. :meth:`delta` emits them once per index (and
-    makes up an id for a call that came without one); :meth:`calls` is the whole list for a
-    non-streamed response or the session's history.
+    makes up an id for a call that came without one); fed its own output again, it changes
+    nothing, so the same builder collects the events downstream. :meth:`calls` is the whole
+    list for a non-streamed response or the session's history.
     """
 
     _ids: dict[int, str] = field(default_factory=dict)
@@ -221,14 +222,6 @@ class CallBuilder:
         if first:
             return ToolCallDelta(raw.index, raw.arguments, self._ids[raw.index], raw.name or "")
         return ToolCallDelta(raw.index, raw.arguments)
-
-    def add(self, event: ToolCallDelta) -> None:
-        """Collect an event already in streaming shape (as :meth:`delta` made it)."""
-        if event.index not in self._ids:
-            self._ids[event.index] = event.id or ""
-            self._names[event.index] = event.name or ""
-            self._arguments[event.index] = []
-        self._arguments[event.index].append(event.arguments)
 
     def __bool__(self) -> bool:
         return bool(self._ids)

@@ -74,7 +74,7 @@ class SessionService:
                     elif isinstance(event, TokenEvent):
                         text.append(event.text)
                     elif isinstance(event, ToolCallDelta):
-                        calls.add(event)
+                        calls.delta(event)
                     else:
                         assert route is not None
                         answer = _answer(route, "".join(text), "complete", event, calls)

@@ -28,6 +28,15 @@ WEATHER = {
 }
 NAMED = {"type": "function", "function": {"name": "get_weather"}}
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
+# The request that makes the stand-in call get_weather.
+CALL_WEATHER: dict[str, Any] = {
+    "model": "tandem",
+    "messages": ASK,
+    "tools": [WEATHER],
+    "tool_choice": NAMED,
+    "temperature": 0.0,
+    "max_tokens": 48,
+}
 
 
 @pytest.fixture(scope="module")
@@ -65,15 +74,7 @@ def test_the_cloud_calls_the_tool(client: openai.OpenAI, choice: Any) -> None:
 
 
 def test_streamed_tool_call_has_openai_shape(client: openai.OpenAI) -> None:
-    stream = client.chat.completions.create(
-        model="tandem",
-        messages=ASK,  # type: ignore[arg-type]
-        tools=[WEATHER],  # type: ignore[list-item]
-        tool_choice=NAMED,  # type: ignore[arg-type]
-        temperature=0.0,
-        max_tokens=48,
-        stream=True,
-    )
+    stream = client.chat.completions.create(**CALL_WEATHER, stream=True)
     items = []
     finish = None
     for chunk in stream:
@@ -92,14 +93,7 @@ def test_streamed_tool_call_has_openai_shape(client: openai.OpenAI) -> None:
 
 
 def test_tool_result_goes_back_and_the_cloud_answers(client: openai.OpenAI) -> None:
-    first = client.chat.completions.create(
-        model="tandem",
-        messages=ASK,  # type: ignore[arg-type]
-        tools=[WEATHER],  # type: ignore[list-item]
-        tool_choice=NAMED,  # type: ignore[arg-type]
-        temperature=0.0,
-        max_tokens=48,
-    )
+    first = client.chat.completions.create(**CALL_WEATHER)
     message = first.choices[0].message
     (call,) = message.tool_calls or []
     result = {"role": "tool", "tool_call_id": call.id, "content": "18 C and sunny"}

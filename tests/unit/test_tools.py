@@ -289,8 +289,7 @@ def test_call_builder_names_each_call_once_and_collects_parallel_calls() -> None
     assert out[1].id and out[1].id.startswith("call_") and out[1].name == "g"
     assert out[2] == ToolCallDelta(0, " 1}")
     collected = CallBuilder()
-    for event in out:
-        collected.add(event)
+    assert [collected.delta(event) for event in out] == out  # its own output: unchanged
     assert [c["function"] for c in collected.calls()] == [
         {"name": "f", "arguments": '{"x": 1}'},
         {"name": "g", "arguments": "{}"},
