@@ -192,6 +192,34 @@ def bench_structured(
     _emit(result, as_json)
 
 
+@bench_app.command("infill")
+def bench_infill(
+    quick: Annotated[bool, typer.Option(help="A shorter typing session")] = False,
+    model: Annotated[str | None, typer.Option(help="Bundled model name or GGUF path")] = None,
+    fim: Annotated[
+        bool, typer.Option(help="Replay through /infill with a suffix (the model needs FIM tokens)")
+    ] = False,
+    as_json: AsJson = False,
+    out: BenchOut = None,
+) -> None:
+    """Keystroke latency: a typing session on a 1,500-token prefix against a cold prefill."""
+    from bench.infill import run_infill_bench
+    from tandem.catalog import resolve_model
+
+    settings = load_settings(local_model=model)
+    with clear_errors():
+        path, _ = resolve_model(settings.local_model)
+        result = run_infill_bench(
+            settings.model_copy(update={"local_model": str(path)}),
+            path,
+            fim,
+            quick,
+            out or _results("infill"),
+            console,
+        )
+    _emit(result, as_json)
+
+
 @bench_app.command("extraction")
 def bench_extraction(
     items: Annotated[int, typer.Option(help="Sentences to extract from")] = 60,

@@ -83,15 +83,23 @@ def _conf(quick: bool) -> dict[str, Any]:
 
 
 class _GatewayProcess:
-    """``python -m tandem serve`` against the stand-in cloud, logging to a file."""
+    """``python -m tandem serve`` against the stand-in cloud (or none), logging to a file."""
 
-    def __init__(self, settings: Settings, cloud_url: str, workdir: Path):
+    def __init__(
+        self,
+        settings: Settings,
+        cloud_url: str | None,
+        workdir: Path,
+        n_ctx: int | None = None,
+    ):
         from tandem.net import free_port
 
         self.base = f"http://127.0.0.1:{free_port()}"
         self.log = workdir / "gateway.log"
         cmd = [sys.executable, "-m", "tandem", "serve", "--port", self.base.rsplit(":", 1)[1]]
-        cmd += ["--no-standin", "--cloud-url", cloud_url]
+        cmd += ["--no-standin"] + ([] if cloud_url is None else ["--cloud-url", cloud_url])
+        if n_ctx is not None:
+            cmd += ["--n-ctx", str(n_ctx)]
         env = {
             **os.environ,
             "TANDEM_N_THREADS": str(settings.n_threads or 2),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -93,36 +93,16 @@ MESSAGE_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
 HONOURED_MESSAGE_FIELDS = frozenset({"role", "content", "tool_calls", "tool_call_id"})
 
 
-def _refuse(code: str, param: str, message: str) -> PydanticCustomError:
+def refuse(code: str, param: str, message: str) -> PydanticCustomError:
     # The message goes through ctx: a template would read braces in it as placeholders.
     return PydanticCustomError(code, "{message}", {"message": message, "param": param})
 
 
 def accepted_fields(data: dict[str, Any]) -> dict[str, Any]:
     """The request without the fields accepted as no-ops; raises on anything refused."""
-    kept: dict[str, Any] = {}
-    for key, value in data.items():
-        if key in ChatCompletionRequest.model_fields:
-            kept[key] = value
-        elif key in IGNORED_FIELDS:
-            continue
-        elif key in UNSUPPORTED_FIELDS:
-            neutral, written, why = UNSUPPORTED_FIELDS[key]
-            if value is not None and not neutral(value):
-                alternative = f" (or send {written})" if written else ""
-                raise _refuse(
-                    UNSUPPORTED,
-                    key,
-                    f"'{key}' is not supported by this gateway yet: {why}. "
-                    f"Drop it from the request{alternative}.",
-                )
-        else:
-            raise _refuse(
-                UNKNOWN,
-                key,
-                f"Unrecognized request argument supplied: '{key}'. It is not an OpenAI "
-                "chat-completions field; drop it (Tandem's own options go in 'tandem').",
-            )
+    kept = known_fields(
+        data, ChatCompletionRequest.model_fields, UNSUPPORTED_FIELDS, "chat-completions"
+    )
     messages = kept.get("messages")
     if isinstance(messages, list):
         kept["messages"] = [
@@ -131,10 +111,45 @@ def accepted_fields(data: dict[str, Any]) -> dict[str, Any]:
     return kept
 
 
+def known_fields(
+    data: dict[str, Any],
+    honoured: Collection[str],
+    unsupported: dict[str, tuple[Callable[[Any], bool], str | None, str]],
+    endpoint: str,
+    ignored: Collection[str] = IGNORED_FIELDS,
+) -> dict[str, Any]:
+    """The top-level fields of a request that are ``honoured``; the ``ignored`` ones are
+    dropped, an ``unsupported`` one is refused unless neutral, and any other is unknown."""
+    kept: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in honoured:
+            kept[key] = value
+        elif key in ignored:
+            continue
+        elif key in unsupported:
+            neutral, written, why = unsupported[key]
+            if value is not None and not neutral(value):
+                alternative = f" (or send {written})" if written else ""
+                raise refuse(
+                    UNSUPPORTED,
+                    key,
+                    f"'{key}' is not supported by this gateway yet: {why}. "
+                    f"Drop it from the request{alternative}.",
+                )
+        else:
+            raise refuse(
+                UNKNOWN,
+                key,
+                f"Unrecognized request argument supplied: '{key}'. It is not an OpenAI "
+                f"{endpoint} field; drop it (Tandem's own options go in 'tandem').",
+            )
+    return kept
+
+
 def _accepted_message(i: int, message: dict[str, Any]) -> dict[str, Any]:
     where = f"messages.{i}"
     if message.get("role") == "function":
-        raise _refuse(
+        raise refuse(
             UNSUPPORTED,
             f"{where}.role",
             f"Message {i} has role 'function', the deprecated form of tool results, which "
@@ -147,14 +162,14 @@ def _accepted_message(i: int, message: dict[str, Any]) -> dict[str, Any]:
         elif key in MESSAGE_FIELDS:
             neutral, why = MESSAGE_FIELDS[key]
             if value is not None and not neutral(value):
-                raise _refuse(
+                raise refuse(
                     UNSUPPORTED,
                     f"{where}.{key}",
                     f"'{key}' in message {i} is not supported by this gateway yet: {why}. "
                     "Drop it from the message.",
                 )
         else:
-            raise _refuse(
+            raise refuse(
                 UNKNOWN,
                 f"{where}.{key}",
                 f"Unrecognized field '{key}' in message {i}; drop it (a message has 'role', "
@@ -171,7 +186,7 @@ def _accepted_message(i: int, message: dict[str, Any]) -> dict[str, Any]:
 def _check_part(where: str, i: int, part: dict[str, Any]) -> None:
     kind = part.get("type")
     if kind != "text" and isinstance(kind, str):
-        raise _refuse(
+        raise refuse(
             UNSUPPORTED,
             f"{where}.type",
             f"Content part type '{kind}' in message {i} is not supported by this gateway yet: "
@@ -180,7 +195,7 @@ def _check_part(where: str, i: int, part: dict[str, Any]) -> None:
         )
     for key in part:
         if key not in ("type", "text"):
-            raise _refuse(
+            raise refuse(
                 UNKNOWN,
                 f"{where}.{key}",
                 f"Unrecognized field '{key}' in a text part of message {i}; drop it (a text "
@@ -285,18 +300,10 @@ class ChatCompletionRequest(BaseModel):
     def to_turn(
         self, default_max_tokens: int, max_tokens_limit: int, default_privacy: str = "redact"
     ) -> Turn:
-        max_tokens = (
-            self.max_completion_tokens
-            or self.max_tokens
-            or min(default_max_tokens, max_tokens_limit)
+        max_tokens = checked_max_tokens(
+            self.max_completion_tokens or self.max_tokens, default_max_tokens, max_tokens_limit
         )
-        if max_tokens > max_tokens_limit:
-            raise InvalidRequestError(
-                f"max_tokens is {max_tokens}; this gateway allows at most {max_tokens_limit} "
-                "(TANDEM_MAX_TOKENS_LIMIT).",
-                param="max_tokens",
-            )
-        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+        stop = stop_strings(self.stop)
         params = GenerationParams(
             max_tokens=max_tokens,
             temperature=self.temperature,
@@ -329,6 +336,24 @@ class ChatCompletionRequest(BaseModel):
 
     def messages_for_model(self) -> list[Message]:
         return [m.for_model() for m in self.messages]
+
+
+def checked_max_tokens(
+    requested: int | None, default: int, limit: int, param: str = "max_tokens"
+) -> int:
+    """The answer's token budget: what was asked for (at most ``limit``), else the default."""
+    max_tokens = requested or min(default, limit)
+    if max_tokens > limit:
+        raise InvalidRequestError(
+            f"{param} is {max_tokens}; this gateway allows at most {limit} "
+            "(TANDEM_MAX_TOKENS_LIMIT).",
+            param=param,
+        )
+    return max_tokens
+
+
+def stop_strings(stop: str | list[str] | None) -> tuple[str, ...]:
+    return (stop,) if isinstance(stop, str) else tuple(stop or ())
 
 
 def invalid_request(errors: Any) -> InvalidRequestError:

@@ -37,9 +37,7 @@ def _cloud_tier(settings: Settings) -> Iterator[Settings]:
 
     console.print(f"[dim]Starting the stand-in cloud ({settings.standin_model})…[/dim]")
     with StandinCloud.from_settings(settings) as standin:
-        yield settings.model_copy(
-            update={"cloud_url": standin.base_url, "cloud_dialect": "llama_cpp"}
-        )
+        yield settings.model_copy(update=standin.gateway_settings())
 
 
 @app.command()

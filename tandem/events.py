@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
+    from tandem.prompt import TextPrompt
     from tandem.structured import OutputFormat
 
 # Why a generation ended: the local tier says "stop" or "length"; a cloud answer keeps the
@@ -25,6 +26,9 @@ class GenerationParams:
     top_logprobs: int = 0  # alternatives reported per token (0: only the chosen token's)
     logprobs: bool = False  # the client asked for logprobs (the cloud is asked for them too)
     output: OutputFormat | None = None  # response_format: JSON, or JSON matching a schema
+    # A text prompt (completions, infill): the model continues it without a chat template.
+    prompt: TextPrompt | None = None
+    top_k: int | None = None  # None: the engine's default (llama.cpp server's, 40)
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,15 @@ from tandem.metrics import GatewayMetrics
 from tandem.privacy.policy import CloudShield, PrivacyGuard
 from tandem.request.buffer import AnswerBuffer
 from tandem.request.cascade import Cascade, Hedge
-from tandem.request.plan import LastTiers, Plan, Situation, escalation_reason, fallback, plan
+from tandem.request.plan import (
+    LastTiers,
+    Plan,
+    Situation,
+    cloud_only,
+    escalation_reason,
+    fallback,
+    plan,
+)
 from tandem.request.shielded import AuditSink, ShieldedCloud
 from tandem.routing.device import DeviceMonitor
 from tandem.routing.policy import Action, RouteDecision, RoutingPolicy
@@ -54,11 +62,13 @@ class Gateway:
         audit: AuditSink | None = None,
         policy: RoutingPolicy | None = None,
         device: DeviceMonitor | None = None,
+        cloud_fim: bool = False,
     ):
         self.local = local
         self.cloud = cloud
         self.metrics = metrics
         self._cloud_n_ctx = cloud_n_ctx
+        self._cloud_fim = cloud_fim  # the cloud's /completions takes a suffix
         self.privacy = privacy or PrivacyGuard()
         self.policy = policy or RoutingPolicy()
         self.device = device or DeviceMonitor()
@@ -90,6 +100,8 @@ class Gateway:
             local_n_ctx=self.local.n_ctx,
             cloud_model=None if cloud is None else cloud.model,
             cloud_n_ctx=self._cloud_n_ctx,
+            local_fim=turn.fills_middle and self.local.fim,
+            cloud_fim=self._cloud_fim,
             cloud_up=cloud is not None and cloud.available,
             cloud_retry_after_s=5.0 if cloud is None else cloud.breaker.cooldown_s,
             local_state=EngineState(self.local.state),
@@ -152,12 +164,13 @@ class Gateway:
         shield = None
         if route.tier == Tier.CLOUD:
             shield = await self._shield(turn, messages)
-            if shield is None and turn.calls_tools:
+            need = cloud_only(turn, self._situation(turn, 0)) if shield is None else None
+            if need is not None:
                 raise InvalidRequestError(
-                    "The conversation holds content the privacy policy keeps on the device, "
-                    f"and the local model ({self.local.model_name}) cannot call tools. Drop "
-                    "'tools' for a local answer.",
-                    param="tools",
+                    "The request holds content the privacy policy keeps on the device, and "
+                    f"the local model ({self.local.model_name}) {need.cannot}. To answer "
+                    f"locally, {need.drop}.",
+                    param=need.param,
                     code="privacy_keep_local",
                 )
             if shield is None:  # content the policy keeps on the device

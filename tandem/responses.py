@@ -1,10 +1,13 @@
-"""The OpenAI chat-completions response shapes: the completion object and its stream chunks."""
+"""The OpenAI chat-completions response shapes: the completion object and its stream chunks.
+
+``Builder`` is what the server asks of every endpoint's shapes (chat here, text completions and
+llama.cpp's infill in ``tandem.completions``)."""
 
 from __future__ import annotations
 
 import time
 import uuid
-from typing import Any
+from typing import Any, Protocol
 
 from tandem.events import Finish, TokenEvent, ToolCallDelta
 from tandem.tools import delta_json
@@ -44,6 +47,27 @@ def route_field(route: RouteInfo) -> dict[str, str]:
     return {"route": route.tier.value, "reason": route.reason}
 
 
+class Builder(Protocol):
+    want_logprobs: bool
+
+    def opening(self, route: RouteInfo) -> dict[str, Any] | None:
+        """The stream's first chunk, if it has one before any text."""
+
+    def token_chunk(self, route: RouteInfo, event: TokenEvent) -> dict[str, Any]: ...
+
+    def tool_chunk(self, route: RouteInfo, event: ToolCallDelta) -> dict[str, Any]: ...
+
+    def final_chunk(self, route: RouteInfo, finish: Finish) -> dict[str, Any]: ...
+
+    def completion(
+        self,
+        route: RouteInfo,
+        tokens: list[TokenEvent],
+        finish: Finish,
+        tool_calls: list[dict[str, Any]] | None = None,
+    ) -> dict[str, Any]: ...
+
+
 class ResponseBuilder:
     """Builds the completion object or its chunks for one request."""
 
@@ -63,6 +87,9 @@ class ResponseBuilder:
             "model": route.model,
             "choices": [choice],
         }
+
+    def opening(self, route: RouteInfo) -> dict[str, Any]:
+        return self.chunk(route, {"role": "assistant", "content": ""})
 
     def token_chunk(self, route: RouteInfo, event: TokenEvent) -> dict[str, Any]:
         logprobs = {"content": [logprob_entry(event)]} if self.want_logprobs else None

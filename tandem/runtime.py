@@ -54,7 +54,13 @@ def build_gateway(settings: Settings) -> Gateway:
         settings.privacy_categories, settings.privacy_keep_local, settings.privacy_threshold
     )
     return Gateway(
-        engine, cloud, metrics, settings.cloud_n_ctx, privacy, policy=build_policy(settings)
+        engine,
+        cloud,
+        metrics,
+        settings.cloud_n_ctx,
+        privacy,
+        policy=build_policy(settings),
+        cloud_fim=settings.cloud_fim,
     )
 
 

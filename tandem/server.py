@@ -9,16 +9,23 @@ import ipaddress
 import json
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tandem.api import ChatCompletionRequest, invalid_request
+from tandem.completions import (
+    CompletionRequest,
+    InfillLimits,
+    InfillRequest,
+    InfillResponseBuilder,
+    TextResponseBuilder,
+)
 from tandem.errors import (
     AuthenticationError,
     ConfigError,
@@ -29,14 +36,16 @@ from tandem.errors import (
 )
 from tandem.events import Finish, TokenEvent, ToolCallDelta
 from tandem.gateway import Gateway
-from tandem.responses import ResponseBuilder
+from tandem.responses import Builder, ResponseBuilder
 from tandem.sessions.service import SessionService
 from tandem.sessions.store import check_session_id
 from tandem.settings import Settings
+from tandem.supersede import Lanes, limited
 from tandem.tools import CallBuilder
 from tandem.turn import GatewayEvent, RouteInfo
 
 log = logging.getLogger("tandem.server")
+Request_ = TypeVar("Request_", bound=BaseModel)
 
 
 def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
@@ -122,15 +131,12 @@ def _add_security(app: FastAPI, settings: Settings) -> None:
 def _add_routes(
     app: FastAPI, gw: Gateway, settings: Settings, sessions: SessionService | None
 ) -> None:
-    # The body is read by hand (to enforce the size limit before parsing), so its schema is
-    # published by hand: the model under components/schemas, referenced from the operation.
-    body_ref = {"$ref": "#/components/schemas/ChatCompletionRequest"}
-    schema = {"required": True, "content": {"application/json": {"schema": body_ref}}}
-    _publish_request_schema(app)
+    _publish_request_schemas(app)
+    infill_lanes = Lanes()  # a newer infill from the same editor supersedes the one running
 
-    @app.post("/v1/chat/completions", openapi_extra={"requestBody": schema})
+    @app.post("/v1/chat/completions", openapi_extra=_body_schema("ChatCompletionRequest"))
     async def chat_completions(request: Request) -> Response:
-        req = _parse(await _read_body(request, settings.max_body_bytes))
+        req = _parse(await _read_body(request, settings.max_body_bytes), ChatCompletionRequest)
         _check_limits(req, settings)
         turn = req.to_turn(
             settings.default_max_tokens, settings.max_tokens_limit, settings.privacy_default
@@ -145,16 +151,37 @@ def _add_routes(
         else:
             events = _sessions(sessions).stream(session_id, turn)
             headers["X-Session-Id"] = session_id
-        try:
-            route, head = await _until_first_output(events)
-        except BaseException:
-            await events.aclose()
-            raise
-        headers.update({"X-Tandem-Route": route.tier.value, "X-Tandem-Reason": route.reason})
-        if req.stream:
-            sse = _sse(builder, route, head, events, gw)
-            return StreamingResponse(sse, media_type="text/event-stream", headers=headers)
-        return JSONResponse(await _collect(builder, route, head, events), headers=headers)
+        return await _respond(events, builder, req.stream, headers, gw)
+
+    @app.post("/v1/completions", openapi_extra=_body_schema("CompletionRequest"))
+    async def completions(request: Request) -> Response:
+        req = _parse(await _read_body(request, settings.max_body_bytes), CompletionRequest)
+        _no_session(request)
+        _check_text(settings, prompt=req.text, suffix=req.suffix or "")
+        turn = req.to_turn(settings.max_tokens_limit, settings.privacy_default)
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        builder = TextResponseBuilder(req.logprobs, include_usage, req.text if req.echo else "")
+        return await _respond(gw.stream(turn), builder, req.stream, {}, gw)
+
+    @app.post("/infill", openapi_extra=_body_schema("InfillRequest"))
+    async def infill(request: Request) -> Response:
+        req = _parse(await _read_body(request, settings.max_body_bytes), InfillRequest)
+        _no_session(request)
+        _check_text(
+            settings,
+            input_prefix=req.input_prefix,
+            input_suffix=req.input_suffix,
+            prompt=req.prompt,
+            **{f"input_extra.{i}.text": c.text for i, c in enumerate(req.input_extra)},
+        )
+        turn = req.to_turn(
+            settings.default_max_tokens, settings.max_tokens_limit, settings.privacy_default
+        )
+        limits = InfillLimits(req.n_indent, req.t_max_predict_ms)
+        lane = (request.client.host if request.client else "", request.headers.get("user-agent"))
+        events = infill_lanes.supersede(lane, limited(gw.stream(turn), limits))
+        builder = InfillResponseBuilder(req.response_fields, limits)
+        return await _respond(events, builder, req.stream, {}, gw, done=False)
 
     @app.get("/v1/sessions")
     async def list_sessions(limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
@@ -192,18 +219,31 @@ def _add_routes(
         return Response(gw.metrics.render(), media_type="text/plain; version=0.0.4")
 
 
-def _publish_request_schema(app: FastAPI) -> None:
+REQUEST_MODELS: dict[str, type[BaseModel]] = {
+    "ChatCompletionRequest": ChatCompletionRequest,
+    "CompletionRequest": CompletionRequest,
+    "InfillRequest": InfillRequest,
+}
+
+
+def _body_schema(name: str) -> dict[str, Any]:
+    """The OpenAPI request body of an operation whose body is read by hand (to enforce the
+    size limit before parsing): the model, published under components/schemas."""
+    ref = {"$ref": f"#/components/schemas/{name}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+
+
+def _publish_request_schemas(app: FastAPI) -> None:
     default_openapi = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             document = default_openapi()
-            body = ChatCompletionRequest.model_json_schema(
-                ref_template="#/components/schemas/{model}"
-            )
             components = document.setdefault("components", {}).setdefault("schemas", {})
-            components.update(body.pop("$defs", {}))
-            components["ChatCompletionRequest"] = body
+            for name, model in REQUEST_MODELS.items():
+                body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(body.pop("$defs", {}))
+                components[name] = body
         return app.openapi_schema or document
 
     app.openapi = openapi  # type: ignore[method-assign]
@@ -223,6 +263,25 @@ def _check_limits(req: ChatCompletionRequest, settings: Settings) -> None:
                 f"{settings.max_message_chars} (TANDEM_MAX_MESSAGE_CHARS).",
                 param=f"messages.{i}.content",
             )
+
+
+def _check_text(settings: Settings, **texts: str) -> None:
+    for param, text in texts.items():
+        if len(text) > settings.max_message_chars:
+            raise InvalidRequestError(
+                f"'{param}' has {len(text)} characters; the limit is "
+                f"{settings.max_message_chars} (TANDEM_MAX_MESSAGE_CHARS).",
+                param=param,
+            )
+
+
+def _no_session(request: Request) -> None:
+    if request.headers.get("x-session-id"):
+        raise InvalidRequestError(
+            "Text completions have no sessions (a session holds a chat history); drop the "
+            "X-Session-Id header, or use /v1/chat/completions.",
+            param="X-Session-Id",
+        )
 
 
 def _session_id(header: str | None, body: str | None) -> str | None:
@@ -260,13 +319,34 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-def _parse(body: bytes) -> ChatCompletionRequest:
+def _parse(body: bytes, model: type[Request_]) -> Request_:
     if not body.strip():
-        raise InvalidRequestError("The request body is empty; send a JSON chat completion request.")
+        raise InvalidRequestError("The request body is empty; send a JSON request.")
     try:
-        return ChatCompletionRequest.model_validate_json(body)
+        return model.model_validate_json(body)
     except ValidationError as exc:
         raise invalid_request(exc.errors()) from None
+
+
+async def _respond(
+    events: AsyncGenerator[GatewayEvent, None],
+    builder: Builder,
+    stream: bool,
+    headers: dict[str, str],
+    gw: Gateway,
+    done: bool = True,
+) -> Response:
+    """The answer as one JSON object or an SSE stream, once the route is known."""
+    try:
+        route, head = await _until_first_output(events)
+    except BaseException:
+        await events.aclose()
+        raise
+    headers.update({"X-Tandem-Route": route.tier.value, "X-Tandem-Reason": route.reason})
+    if stream:
+        sse = _sse(builder, route, head, events, gw, done)
+        return StreamingResponse(sse, media_type="text/event-stream", headers=headers)
+    return JSONResponse(await _collect(builder, route, head, events), headers=headers)
 
 
 async def _until_first_output(
@@ -295,7 +375,7 @@ async def _replay(
 
 
 async def _collect(
-    builder: ResponseBuilder,
+    builder: Builder,
     route: RouteInfo,
     head: list[GatewayEvent],
     events: AsyncGenerator[GatewayEvent, None],
@@ -316,13 +396,15 @@ async def _collect(
 
 
 async def _sse(
-    builder: ResponseBuilder,
+    builder: Builder,
     route: RouteInfo,
     head: list[GatewayEvent],
     events: AsyncGenerator[GatewayEvent, None],
     gw: Gateway,
+    done: bool = True,
 ) -> AsyncIterator[str]:
-    yield _data(builder.chunk(route, {"role": "assistant", "content": ""}))
+    if (opening := builder.opening(route)) is not None:
+        yield _data(opening)
     try:
         async for event in _replay(head, events):
             if isinstance(event, RouteInfo):
@@ -345,7 +427,8 @@ async def _sse(
     finally:
         with contextlib.suppress(Exception):
             await events.aclose()
-    yield "data: [DONE]\n\n"
+    if done:
+        yield "data: [DONE]\n\n"
 
 
 def _data(obj: dict[str, Any]) -> str:

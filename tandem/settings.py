@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -131,6 +131,19 @@ class Settings(BaseSettings):
         "(OpenAI, vLLM) or llama_cpp.server's {type: json_object, schema} (set for the stand-in)",
     )
     cloud_n_ctx: int = Field(8192, ge=64, description="Context window of the cloud model")
+    cloud_fim: bool = Field(
+        False,
+        description="The cloud fills in the middle: its /completions takes 'suffix'. FIM "
+        "requests the local model cannot serve (no FIM tokens) then go to it",
+    )
+    cloud_fim_tokens: list[str] | None = Field(
+        None,
+        min_length=3,
+        max_length=3,
+        description="The cloud model's FIM prefix, suffix and middle tokens, for a llama_cpp "
+        "dialect cloud: llama_cpp.server's 'suffix' uses token id 0, so Tandem writes the FIM "
+        "prompt with these itself (set for the stand-in)",
+    )
     cloud_fallback_urls: list[str] = Field(
         default_factory=list,
         description="Further OpenAI-compatible endpoints, tried in order when cloud_url fails",
@@ -166,6 +179,16 @@ class Settings(BaseSettings):
     )
     eval_cache: Path | None = Field(None, description="Cache of `tandem evaluate` results")
     route_cache: Path | None = Field(None, description="Cache of `tandem route-eval` records")
+
+    @model_validator(mode="after")
+    def _fim_needs_tokens(self) -> Settings:
+        if self.cloud_fim and self.cloud_dialect == "llama_cpp" and not self.cloud_fim_tokens:
+            raise ValueError(
+                "TANDEM_CLOUD_FIM with the llama_cpp dialect needs TANDEM_CLOUD_FIM_TOKENS: the "
+                "cloud model's FIM prefix, suffix and middle tokens, e.g. '[\"<|fim_prefix|>\", "
+                '"<|fim_suffix|>", "<|fim_middle|>"]\''
+            )
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -40,6 +40,10 @@ class LocalTier(Protocol):
     def queue_depth(self) -> int: ...
 
     @property
+    def fim(self) -> bool:
+        """Whether the model has fill-in-the-middle tokens."""
+
+    @property
     def state(self) -> EngineState: ...
 
     def start(self) -> None:

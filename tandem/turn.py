@@ -15,6 +15,7 @@ from tandem.events import GenerationParams, StreamEvent
 from tandem.local.chat import Message
 from tandem.privacy.redact import Placeholders
 from tandem.privacy.types import PrivacyMode
+from tandem.prompt import text_body
 from tandem.tiers import CloudTier, LocalTier, Tier
 from tandem.tools import Tools, wire_message
 
@@ -71,6 +72,11 @@ class Turn:
         """Whether the answer may call a tool: only the cloud tier can answer it."""
         return self.tools is not None and self.tools.callable
 
+    @property
+    def fills_middle(self) -> bool:
+        """Whether this is a fill-in-the-middle completion (a text prompt with a suffix)."""
+        return self.params.prompt is not None and self.params.prompt.fim
+
 
 GatewayEvent = RouteInfo | StreamEvent
 
@@ -92,6 +98,8 @@ def cloud_body(turn: Turn, messages: Sequence[Message] | None = None) -> dict[st
     with prefix caching, such as vLLM, reuses).
     """
     p = turn.params
+    if p.prompt is not None:  # a text prompt: /completions, its pieces from ``messages``
+        return text_body(p.prompt if messages is None else p.prompt.with_texts(messages), p)
     body: dict[str, Any] = {
         "messages": [wire_message(m) for m in (turn.messages if messages is None else messages)],
         "max_tokens": p.max_tokens,

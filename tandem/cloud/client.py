@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, aclosing, asynccontextmanager
 from typing import TYPE_CHECKING, Any, cast
 
@@ -32,6 +32,7 @@ from tandem.cloud.errors import (
 )
 from tandem.cloud.stream import CloudChunk, CloudCompletion, TokenLogprob, read_chunks
 from tandem.errors import CloudError
+from tandem.prompt import endpoint_for, fim_for_llama_cpp
 from tandem.structured import Dialect, for_dialect
 from tandem.tools import choice_for_dialect
 
@@ -65,6 +66,7 @@ class CloudClient:
         api_key: SecretStr | None = None,
         model: str = "cloud",
         dialect: Dialect = "openai",
+        fim_tokens: Sequence[str] | None = None,
         connect_timeout_s: float = 3.0,
         read_timeout_s: float = 60.0,
         deadline_s: float = 300.0,
@@ -78,6 +80,7 @@ class CloudClient:
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.dialect = dialect
+        self._fim_tokens = tuple(fim_tokens) if fim_tokens else None
         self._api_key = api_key
         self._connect_timeout_s = connect_timeout_s
         self._read_timeout_s = read_timeout_s
@@ -115,6 +118,7 @@ class CloudClient:
             api_key=settings.cloud_api_key,
             model=settings.cloud_model,
             dialect=settings.cloud_dialect,
+            fim_tokens=settings.cloud_fim_tokens,
             connect_timeout_s=settings.cloud_connect_timeout_s,
             read_timeout_s=settings.cloud_read_timeout_s,
             deadline_s=settings.cloud_deadline_s,
@@ -199,7 +203,7 @@ class CloudClient:
                     self._first_token_waits[first_token] = wait_s
                     try:
                         response = await stack.enter_async_context(
-                            self._open_stream(content, on_send)
+                            self._open_stream(content, on_send, endpoint_for(body))
                         )
                         # Closed with the stream, also when left suspended at the first token.
                         chunks = await stack.enter_async_context(
@@ -276,6 +280,8 @@ class CloudClient:
         if "response_format" in body:
             body = {**body, "response_format": for_dialect(body["response_format"], self.dialect)}
         body = choice_for_dialect(body, self.dialect)
+        if "suffix" in body and self.dialect == "llama_cpp":
+            body = fim_for_llama_cpp(body, self._fim_tokens)
         return {
             **body,
             "model": self.model,
@@ -286,9 +292,9 @@ class CloudClient:
 
     @asynccontextmanager
     async def _open_stream(
-        self, content: bytes, on_send: OnSend | None = None
+        self, content: bytes, on_send: OnSend | None = None, endpoint: str = "chat/completions"
     ) -> AsyncIterator[httpx.Response]:
-        url = f"{self.base_url}/chat/completions"
+        url = f"{self.base_url}/{endpoint}"
         started = self._clock()
         if on_send is not None:
             on_send(content, self.base_url)

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import httpx
 
@@ -73,6 +73,7 @@ class StandinCloud:
         self._log_dir = log_dir
         self._owns_log_dir = log_dir is None
         self._proc: subprocess.Popen[bytes] | None = None
+        self.model_path: Path | None = None  # the GGUF it serves, once started
 
     @classmethod
     def from_settings(
@@ -90,6 +91,19 @@ class StandinCloud:
 
     def __repr__(self) -> str:
         return f"StandinCloud(model={self.model!r}, host={self.host!r}, port={self.port})"
+
+    def gateway_settings(self) -> dict[str, Any]:
+        """The cloud settings a gateway uses with this stand-in (call after ``start``): its
+        URL, its dialect, and fill-in-the-middle when its model has FIM tokens."""
+        from tandem.local.fim import fim_token_texts
+
+        fim = fim_token_texts(self.model_path) if self.model_path is not None else None
+        return {
+            "cloud_url": self.base_url,
+            "cloud_dialect": "llama_cpp",
+            "cloud_fim": fim is not None,
+            "cloud_fim_tokens": fim,
+        }
 
     # --- addresses -------------------------------------------------------------------------
 
@@ -141,6 +155,7 @@ class StandinCloud:
         from tandem.catalog import resolve_model  # may assemble the GGUF: not at import time
 
         model_path, hint = resolve_model(self.model)
+        self.model_path = model_path
         if self.port == 0:
             self.port = free_port(self.host)
         elif not _port_free(self.host, self.port):

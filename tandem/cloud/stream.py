@@ -116,9 +116,11 @@ def _chunk_from_payload(payload: dict[str, Any]) -> CloudChunk:
     choices = payload.get("choices") or [{}]
     choice = choices[0] if isinstance(choices[0], dict) else {}
     delta = choice.get("delta") or {}
-    text = delta.get("content") or ""
+    # A chat chunk carries delta.content; a (text) completion chunk carries choice.text.
+    text = choice.get("text") if "text" in choice else delta.get("content")
+    text = text or ""
     if not isinstance(text, str):
-        raise TypeError(f"delta.content is a {type(text).__name__}, not a string")
+        raise TypeError(f"the chunk's text is a {type(text).__name__}, not a string")
     return CloudChunk(
         text=text,
         finish_reason=choice.get("finish_reason"),
@@ -134,6 +136,20 @@ def _chunk_from_payload(payload: dict[str, Any]) -> CloudChunk:
 def _logprobs(info: Any) -> tuple[TokenLogprob, ...]:
     if not isinstance(info, dict):
         return ()
+    if "tokens" in info:  # the completions API's legacy shape: parallel lists
+        tops = info.get("top_logprobs") or []
+        return tuple(
+            TokenLogprob(
+                token=str(token),
+                logprob=float(lp if lp is not None else 0.0),
+                top=tuple((str(t), float(v)) for t, v in (tops[i] or {}).items())
+                if i < len(tops)
+                else (),
+            )
+            for i, (token, lp) in enumerate(
+                zip(info["tokens"], info.get("token_logprobs") or [], strict=False)
+            )
+        )
     return tuple(
         TokenLogprob(
             token=entry.get("token", ""),

@@ -61,7 +61,7 @@ def run_generation(
         tokens,
         temp=p.temperature,
         top_p=p.top_p,
-        top_k=TOP_K,
+        top_k=TOP_K if p.top_k is None else p.top_k,
         min_p=MIN_P,
         repeat_penalty=1.0,
         logits_processor=processors,

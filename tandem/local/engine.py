@@ -26,14 +26,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tandem.errors import ContextLengthError, ModelLoadError, OverloadedError, TandemError
+from tandem.errors import (
+    ContextLengthError,
+    InvalidRequestError,
+    ModelLoadError,
+    OverloadedError,
+    TandemError,
+)
 from tandem.events import GenerationParams, LocalEvent
-from tandem.local.chat import Message, PromptRenderer
+from tandem.local.chat import Message, PromptRenderer, RenderedPrompt
 from tandem.local.constrain import Vocabulary
+from tandem.local.fim import fim_prompt, read_fim_tokens
 from tandem.local.kvstate import SessionCache
 from tandem.local.logits import LogitReader
 from tandem.local.memory import check_budget, ggml_kv_type, needs_flash_attn, plan_memory
 from tandem.local.tokenizer import PromptTokenizer, tokenize
+from tandem.prompt import TextPrompt
 from tandem.settings import Settings
 from tandem.tiers import EngineState
 
@@ -97,6 +105,15 @@ class LocalEngine:
     @property
     def queue_depth(self) -> int:
         return self._queue.qsize() + int(self.busy)
+
+    @property
+    def fim(self) -> bool:
+        """Whether the model's vocabulary has fill-in-the-middle tokens (read without loading
+        the weights)."""
+        try:
+            return self.tokenizer.fim_tokens() is not None
+        except ModelLoadError:
+            return False
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -437,19 +454,43 @@ class LocalEngine:
 
         assert self._llm is not None and self._renderer is not None and self._logits is not None
         self.sessions.switch(self._llm, job.session)
-        prompt = self._renderer.render(job.messages, job.assistant_prefix)
-        tokens = tokenize(self._llm, prompt)
+        stops: tuple[str, ...] = ()
+        if job.params.prompt is not None:
+            tokens = self._text_tokens(job.params.prompt, job)
+        else:
+            prompt = self._renderer.render(job.messages, job.assistant_prefix)
+            tokens, stops = tokenize(self._llm, prompt), prompt.stops
         if len(tokens) >= self.n_ctx:
+            text = job.params.prompt is not None
             raise ContextLengthError(
                 f"The prompt is {len(tokens)} tokens; the local context window is "
-                f"{self.n_ctx}. Shorten the conversation or raise TANDEM_N_CTX.",
-                param="messages",
+                f"{self.n_ctx}. Shorten the {'prompt' if text else 'conversation'} or raise "
+                "TANDEM_N_CTX.",
+                param="prompt" if text else "messages",
             )
         constraint = None
         if job.params.output is not None:
             assert self._vocabulary is not None
             constraint = self._vocabulary.constraint(job.params.output, job.assistant_prefix)
-        run_generation(self._llm, self._logits, tokens, prompt.stops, job, constraint)
+        run_generation(self._llm, self._logits, tokens, stops, job, constraint)
+
+    def _text_tokens(self, prompt: TextPrompt, job: _Job) -> list[int]:
+        """A text prompt's tokens: as written (no chat template), or as a FIM prompt cut to
+        leave room for the answer."""
+        if prompt.suffix is None:
+            text = RenderedPrompt(prompt.prefix + job.assistant_prefix, True, ())
+            return tokenize(self._llm, text)
+        ids = read_fim_tokens(self._llm._model)
+        if ids is None:
+            raise InvalidRequestError(
+                f"The local model ({self.model_name}) has no fill-in-the-middle tokens, so it "
+                "cannot complete between a prefix and a suffix. Send the request without "
+                "'suffix', or to a FIM-capable cloud (TANDEM_CLOUD_FIM).",
+                param="suffix",
+                code="fim_unsupported",
+            )
+        room = self.n_ctx - min(job.params.max_tokens, self.n_ctx // 4)
+        return fim_prompt(self._llm._model, ids, prompt, room, job.assistant_prefix).tokens
 
 
 def _lower_priority(increment: int) -> None:

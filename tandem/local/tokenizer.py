@@ -18,6 +18,7 @@ from typing import Any
 
 from tandem.errors import ModelLoadError
 from tandem.local.chat import Message, PromptRenderer, RenderedPrompt
+from tandem.local.fim import FimTokens, read_fim_tokens
 
 
 class PromptTokenizer:
@@ -44,6 +45,12 @@ class PromptTokenizer:
         with self._lock:
             prompt = self._loaded_renderer().render(messages, assistant_prefix)
             return len(tokenize(self._model, prompt))
+
+    def fim_tokens(self) -> FimTokens | None:
+        """The vocabulary's fill-in-the-middle token ids, or None."""
+        with self._lock:
+            self._loaded_renderer()
+            return read_fim_tokens(self._model)
 
     def close(self) -> None:
         with self._lock:

@@ -34,6 +34,8 @@ class Situation:
     local_n_ctx: int
     cloud_model: str | None  # None: no cloud tier is configured
     cloud_n_ctx: int
+    local_fim: bool = False  # the local model has fill-in-the-middle tokens
+    cloud_fim: bool = False  # the cloud's /completions takes a suffix (TANDEM_CLOUD_FIM)
     cloud_up: bool = False  # its breaker lets a request through now
     cloud_retry_after_s: float = 5.0  # the breaker's cooldown, for a 503's Retry-After
     local_state: EngineState = EngineState.READY
@@ -59,8 +61,9 @@ def plan(turn: Turn, now: Situation, policy: RoutingPolicy) -> Plan:
     fits_local = now.prompt_tokens < now.local_n_ctx
     fits_cloud = now.prompt_tokens < now.cloud_n_ctx
     trims = turn.context_starts is not None
-    if turn.calls_tools:
-        return Plan(_tool_route(turn, now, fits_cloud or trims))
+    need = cloud_only(turn, now)
+    if need is not None:
+        return Plan(_cloud_only_route(turn, now, need, fits_cloud or trims))
     if turn.privacy == PrivacyMode.LOCAL_ONLY:
         return Plan(_local_only(turn, now, fits_local or trims))
     if not fits_local and not (fits_cloud and now.cloud_model is not None) and not trims:
@@ -108,45 +111,92 @@ def check_structured(turn: Turn, decision: RouteDecision) -> RouteDecision:
     return replace(decision, action=Action.CASCADE, cascade_tokens=0)
 
 
-def _tool_route(turn: Turn, now: Situation, fits: bool) -> RouteInfo:
-    """A turn whose answer may call tools: the cloud's, or the error that says why not. (The
-    bundled local models' chat templates have no tools, so the local tier never calls them.)"""
-    cannot = f"the local model ({now.local_model}) cannot call tools"
+@dataclass(frozen=True)
+class CloudOnly:
+    """Something a turn asks for that only the cloud tier can give, in the words of its
+    errors."""
+
+    asks: str  # "offers tools"
+    cannot: str  # "cannot call tools"
+    drop: str  # how to ask for a local answer instead
+    param: str
+    reason: str  # the route reason when the cloud answers
+
+
+TOOLS = CloudOnly(
+    "offers tools",
+    "cannot call tools",
+    "drop 'tools' (or send tool_choice 'none')",
+    "tools",
+    "requires_tools",
+)
+FIM = CloudOnly(
+    "asks to fill in the middle (a suffix)",
+    "has no fill-in-the-middle tokens",
+    "send it without a suffix",
+    "suffix",
+    "requires_fim",
+)
+
+
+def cloud_only(turn: Turn, now: Situation) -> CloudOnly | None:
+    """What in ``turn`` the local model cannot do, if anything. (The bundled local models'
+    chat templates have no tools, and their vocabularies no FIM tokens.)"""
+    if turn.calls_tools:
+        return TOOLS
+    if turn.fills_middle and not now.local_fim:
+        return FIM
+    return None
+
+
+def _cloud_only_route(turn: Turn, now: Situation, need: CloudOnly, fits: bool) -> RouteInfo:
+    """The cloud's route for a turn only it can answer, or the error that says why not."""
+    cannot = f"the local model ({now.local_model}) {need.cannot}"
     if turn.privacy == PrivacyMode.LOCAL_ONLY:
         raise InvalidRequestError(
-            f"The request offers tools, but privacy 'local_only' (for this request or its "
-            f"session) keeps it on the device and {cannot}. Drop 'tools' (or send "
-            "tool_choice 'none'), or use privacy 'redact'.",
-            param="tools",
+            f"The request {need.asks}, but privacy 'local_only' (for this request or its "
+            f"session) keeps it on the device and {cannot}. To answer locally, {need.drop}; "
+            "or use privacy 'redact'.",
+            param=need.param,
         )
     if turn.route == RoutePreference.LOCAL:
         raise InvalidRequestError(
-            f"tandem.route is 'local' but the request offers tools and {cannot}. Drop "
-            "'tools' (or send tool_choice 'none'), or route 'auto' or 'cloud'.",
+            f"tandem.route is 'local' but the request {need.asks} and {cannot}. To answer "
+            f"locally, {need.drop}; or route 'auto' or 'cloud'.",
             param="tandem.route",
         )
     if now.cloud_model is None:
         raise InvalidRequestError(
-            f"The request offers tools and {cannot}; this gateway has no cloud tier "
-            "(TANDEM_CLOUD_URL is not set). Drop 'tools' or configure a cloud.",
-            param="tools",
+            f"The request {need.asks} and {cannot}; this gateway has no cloud tier "
+            f"(TANDEM_CLOUD_URL is not set). To answer locally, {need.drop}; or configure a "
+            "cloud.",
+            param=need.param,
+            code="fim_unsupported" if need is FIM else "invalid_request",
+        )
+    if need is FIM and not now.cloud_fim:
+        raise InvalidRequestError(
+            f"The request {need.asks} and {cannot}; the cloud tier is not marked as "
+            "FIM-capable (set TANDEM_CLOUD_FIM=true if its /completions endpoint takes "
+            f"'suffix'). To answer locally, {need.drop}.",
+            param=need.param,
+            code="fim_unsupported",
         )
     if not fits:
         raise ContextLengthError(
             f"The prompt is about {now.prompt_tokens} tokens and the cloud's context window "
-            f"is {now.cloud_n_ctx}; only the cloud can call tools. Shorten the conversation.",
+            f"is {now.cloud_n_ctx}; only the cloud can answer this request. Shorten it.",
             param="messages",
         )
     if not now.cloud_up:
-        raise _no_tools_now(now, "cloud_unavailable")
-    return now.cloud("requested_cloud" if turn.route == RoutePreference.CLOUD else "requires_tools")
+        raise _not_now(now, need, "cloud_unavailable")
+    return now.cloud("requested_cloud" if turn.route == RoutePreference.CLOUD else need.reason)
 
 
-def _no_tools_now(now: Situation, reason: str) -> TierUnavailableError:
+def _not_now(now: Situation, need: CloudOnly, reason: str) -> TierUnavailableError:
     return TierUnavailableError(
-        f"The request offers tools, only the cloud can call them, and the cloud cannot answer "
-        f"now ({reason}); the local model ({now.local_model}) cannot call tools. Retry later, "
-        "or drop 'tools' for a local answer.",
+        f"The request {need.asks}, only the cloud can answer it, and the cloud cannot answer "
+        f"now ({reason}); the local model ({now.local_model}) {need.cannot}. Retry later, or "
+        f"{need.drop} for a local answer.",
         code=reason,
         retry_after_s=now.cloud_retry_after_s,
     )
@@ -154,9 +204,10 @@ def _no_tools_now(now: Situation, reason: str) -> TierUnavailableError:
 
 def fallback(turn: Turn, now: Situation, reason: str) -> RouteInfo:
     """The local route when the cloud cannot answer; the error when the turn forbids it (or
-    may call tools, which the local model cannot)."""
-    if turn.calls_tools:
-        raise _no_tools_now(now, reason)
+    asks for what the local model cannot do)."""
+    need = cloud_only(turn, now)
+    if need is not None:
+        raise _not_now(now, need, reason)
     if turn.fallback:
         return now.local(reason)
     if now.cloud_model is None:  # retrying cannot help: a client error, not a 503
