@@ -351,7 +351,8 @@ class InfillResponseBuilder:
         raise InvalidRequestError("An infill cannot call tools.")
 
     def final_chunk(self, route: RouteInfo, finish: Finish) -> dict[str, Any]:
-        return self._pick(self._final(route, finish, ""))
+        # A stream's end is marked by "stop" whatever fields were asked for.
+        return {**self._pick(self._final(route, finish, "")), "stop": True}
 
     def _final(self, route: RouteInfo, finish: Finish, content: str) -> dict[str, Any]:
         prompt_n = finish.prefill_tokens if finish.prefill_tokens is not None else 0
