@@ -313,6 +313,7 @@ class ChatCompletionRequest(BaseModel):
             top_logprobs=(self.top_logprobs or 0) if self.logprobs else 0,
             logprobs=self.logprobs,
             output=self.output_format(),
+            tools=self.offered_tools(),
         )
         return Turn(
             self.messages_for_model(),
@@ -321,7 +322,6 @@ class ChatCompletionRequest(BaseModel):
             self.tandem.fallback,
             privacy=PrivacyMode(self.tandem.privacy or default_privacy),
             privacy_explicit=self.tandem.privacy is not None,
-            tools=self.offered_tools(),
         )
 
     def output_format(self) -> OutputFormat | None:

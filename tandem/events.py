@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Literal
 if TYPE_CHECKING:
     from tandem.prompt import TextPrompt
     from tandem.structured import OutputFormat
+    from tandem.tools import Tools
 
 # Why a generation ended: the local tier says "stop" or "length"; a cloud answer keeps the
 # cloud's own string ("content_filter", "tool_calls", ...), passed through unchanged.
@@ -29,6 +30,7 @@ class GenerationParams:
     # A text prompt (completions, infill): the model continues it without a chat template.
     prompt: TextPrompt | None = None
     top_k: int | None = None  # None: the engine's default (llama.cpp server's, 40)
+    tools: Tools | None = None  # the tools the answer may call
 
 
 @dataclass(frozen=True)

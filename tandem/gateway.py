@@ -23,6 +23,7 @@ from typing import Any
 from tandem.errors import CloudError, InvalidRequestError, TandemError
 from tandem.events import Finish, StreamEvent, ToolCallDelta
 from tandem.local.chat import Message
+from tandem.local.toolcalls import as_tool_calls
 from tandem.metrics import GatewayMetrics
 from tandem.privacy.policy import CloudShield, PrivacyGuard
 from tandem.request.buffer import AnswerBuffer
@@ -101,6 +102,7 @@ class Gateway:
             cloud_model=None if cloud is None else cloud.model,
             cloud_n_ctx=self._cloud_n_ctx,
             local_fim=turn.fills_middle and self.local.fim,
+            local_tools=turn.calls_tools and self.local.tools,
             cloud_fim=self._cloud_fim,
             cloud_up=cloud is not None and cloud.available,
             cloud_retry_after_s=5.0 if cloud is None else cloud.breaker.cooldown_s,
@@ -245,8 +247,10 @@ class Gateway:
         answer, an error, a client that goes away), the local generation is closed and a
         hedged cloud call still running is cancelled.
         """
-        cascade = Cascade(self.policy, decision, last_user_text(turn.messages), turn.params.output)
-        local = self.local.stream(messages, turn.params, "", turn.session_id)
+        tools = turn.tools if turn.calls_tools else None
+        prompt = last_user_text(turn.messages)
+        cascade = Cascade(self.policy, decision, prompt, turn.params.output, tools)
+        local = self._local_events(turn, messages, "")
         async with aclosing(local), Hedge() as hedge:
 
             async def at_hedge() -> None:
@@ -311,8 +315,16 @@ class Gateway:
         self, turn: Turn, messages: list[Message], answer: AnswerBuffer
     ) -> AsyncIterator[StreamEvent]:
         """The local answer, continuing whatever the client has been sent already."""
-        local = self.local.stream(messages, turn.params, answer.text, turn.session_id)
-        return answer.tee(local)
+        return answer.tee(self._local_events(turn, messages, answer.text))
+
+    def _local_events(
+        self, turn: Turn, messages: list[Message], prefix: str
+    ) -> AsyncGenerator[StreamEvent, None]:
+        """The local tier's stream; an answer that may call tools has its calls parsed."""
+        local = self.local.stream(messages, turn.params, prefix, turn.session_id)
+        if turn.tools is None or not turn.calls_tools:
+            return local
+        return as_tool_calls(local, turn.tools)
 
     async def _fit(self, turn: Turn, route: RouteInfo) -> tuple[list[Message], RouteInfo]:
         """The messages the route's tier receives: a session's history trimmed to its window.

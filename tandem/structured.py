@@ -125,7 +125,7 @@ class OutputFormat:
             return ["not a JSON object"]
         found = [
             f"{_path(error.absolute_path)}: {error.message}"
-            for error in _validator(self.schema_json).iter_errors(value)
+            for error in schema_validator(self.schema_json).iter_errors(value)
         ]
         found.extend(_empty_required(self.schema, value, "$"))
         return found
@@ -201,7 +201,7 @@ def _grammar(schema_json: str, any_whitespace: bool = False) -> str:
 
 
 @functools.lru_cache(maxsize=256)
-def _validator(schema_json: str) -> Any:
+def schema_validator(schema_json: str) -> Any:
     import jsonschema
 
     schema = json.loads(schema_json)

@@ -44,6 +44,10 @@ class LocalTier(Protocol):
         """Whether the model has fill-in-the-middle tokens."""
 
     @property
+    def tools(self) -> bool:
+        """Whether the model's chat template calls tools."""
+
+    @property
     def state(self) -> EngineState: ...
 
     def start(self) -> None:

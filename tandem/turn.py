@@ -65,11 +65,16 @@ class Turn:
     privacy: PrivacyMode = PrivacyMode.REDACT
     privacy_explicit: bool = False  # asked for by the request (not the gateway's default)
     placeholders: Placeholders | None = None  # a session's table; a fresh one per turn if None
-    tools: Tools | None = None  # the tools the answer may call (only the cloud can)
+
+    @property
+    def tools(self) -> Tools | None:
+        """The tools the answer may call (``params.tools``)."""
+        return self.params.tools
 
     @property
     def calls_tools(self) -> bool:
-        """Whether the answer may call a tool: only the cloud tier can answer it."""
+        """Whether the answer may call a tool (a local model that cannot leaves it to the
+        cloud)."""
         return self.tools is not None and self.tools.callable
 
     @property

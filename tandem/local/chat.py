@@ -23,10 +23,12 @@ class RenderedPrompt:
 
 
 class PromptRenderer:
-    """Messages → prompt text for one model."""
+    """Messages → prompt text for one model. ``calls_tools``: its template lists tools and
+    takes ``<tool_call>`` answers (``tandem.local.toolcalls``)."""
 
-    def __init__(self, formatter: Callable[..., Any]):
+    def __init__(self, formatter: Callable[..., Any], calls_tools: bool = False):
         self._formatter = formatter
+        self.calls_tools = calls_tools
 
     @classmethod
     def for_model(cls, model: Any, chat_format: str | None) -> PromptRenderer:
@@ -36,7 +38,9 @@ class PromptRenderer:
 
         template = model.metadata().get("tokenizer.chat_template")
         if chat_format is None and template:
-            return cls(_jinja_formatter(model, template))
+            from tandem.local.toolcalls import hermes_template
+
+            return cls(_jinja_formatter(model, template), hermes_template(template))
         name = chat_format or ""
         formatter = getattr(llama_chat_format, f"format_{name.replace('-', '_')}", None)
         if formatter is None:
@@ -46,9 +50,20 @@ class PromptRenderer:
             )
         return cls(formatter)
 
-    def render(self, messages: Sequence[Message], assistant_prefix: str = "") -> RenderedPrompt:
-        """The prompt that asks for the next assistant turn, optionally already begun."""
-        result = self._formatter(messages=list(messages))
+    def render(
+        self,
+        messages: Sequence[Message],
+        assistant_prefix: str = "",
+        tools: Sequence[dict[str, Any]] | None = None,
+    ) -> RenderedPrompt:
+        """The prompt that asks for the next assistant turn, optionally already begun;
+        ``tools`` (OpenAI's tool specs) for a template that calls them."""
+        if tools:
+            from tandem.local.toolcalls import template_messages
+
+            result = self._formatter(messages=template_messages(messages), tools=list(tools))
+        else:
+            result = self._formatter(messages=list(messages))
         stop = result.stop
         stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
         return RenderedPrompt(result.prompt + assistant_prefix, not result.added_special, stops)

@@ -41,6 +41,7 @@ from tandem.local.kvstate import SessionCache
 from tandem.local.logits import LogitReader
 from tandem.local.memory import check_budget, ggml_kv_type, needs_flash_attn, plan_memory
 from tandem.local.tokenizer import PromptTokenizer, tokenize
+from tandem.local.toolcalls import call_format, forced_opening
 from tandem.prompt import TextPrompt
 from tandem.settings import Settings
 from tandem.tiers import EngineState
@@ -105,6 +106,14 @@ class LocalEngine:
     @property
     def queue_depth(self) -> int:
         return self._queue.qsize() + int(self.busy)
+
+    @property
+    def tools(self) -> bool:
+        """Whether the model's chat template calls tools (read without loading the weights)."""
+        try:
+            return self.tokenizer.calls_tools()
+        except ModelLoadError:
+            return False
 
     @property
     def fim(self) -> bool:
@@ -458,7 +467,7 @@ class LocalEngine:
         if job.params.prompt is not None:
             tokens = self._text_tokens(job.params.prompt, job)
         else:
-            prompt = self._renderer.render(job.messages, job.assistant_prefix)
+            prompt = self._render(job)
             tokens, stops = tokenize(self._llm, prompt), prompt.stops
         if len(tokens) >= self.n_ctx:
             text = job.params.prompt is not None
@@ -469,10 +478,29 @@ class LocalEngine:
                 param="prompt" if text else "messages",
             )
         constraint = None
-        if job.params.output is not None:
+        output = job.params.output
+        if job.params.tools is not None and job.params.tools.callable:
+            output = call_format(job.params.tools)  # a required call, under its tools' schemas
+        if output is not None:
             assert self._vocabulary is not None
-            constraint = self._vocabulary.constraint(job.params.output, job.assistant_prefix)
+            constraint = self._vocabulary.constraint(output, job.assistant_prefix)
         run_generation(self._llm, self._logits, tokens, stops, job, constraint)
+
+    def _render(self, job: _Job) -> RenderedPrompt:
+        """A chat job's prompt; with tools, the template lists them, and a required call's
+        opening is written already."""
+        assert self._renderer is not None
+        tools = job.params.tools
+        if tools is None or not tools.callable:
+            return self._renderer.render(job.messages, job.assistant_prefix)
+        if not self._renderer.calls_tools:
+            raise InvalidRequestError(
+                f"The local model ({self.model_name}) has no tools in its chat template, so it "
+                "cannot call them; route the request to the cloud or drop 'tools'.",
+                param="tools",
+            )
+        opening = forced_opening(tools) + job.assistant_prefix
+        return self._renderer.render(job.messages, opening, [dict(s) for s in tools.specs])
 
     def _text_tokens(self, prompt: TextPrompt, job: _Job) -> list[int]:
         """A text prompt's tokens: as written (no chat template), or as a FIM prompt cut to

@@ -46,6 +46,11 @@ class PromptTokenizer:
             prompt = self._loaded_renderer().render(messages, assistant_prefix)
             return len(tokenize(self._model, prompt))
 
+    def calls_tools(self) -> bool:
+        """Whether the chat template calls tools."""
+        with self._lock:
+            return self._loaded_renderer().calls_tools
+
     def fim_tokens(self) -> FimTokens | None:
         """The vocabulary's fill-in-the-middle token ids, or None."""
         with self._lock:

@@ -13,10 +13,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
 
-from tandem.events import Finish, LocalEvent, StreamEvent, TokenEvent
+from tandem.events import Finish, StreamEvent, TokenEvent
+from tandem.local.toolcalls import tool_call_problems
 from tandem.routing.policy import RouteDecision, RoutingPolicy
 from tandem.routing.signals import RunningConfidence, prompt_features
 from tandem.structured import OutputFormat
+from tandem.tools import Tools
 
 
 @dataclass(frozen=True)
@@ -33,7 +35,9 @@ class Cascade:
     The check reads the confidence statistics of the first ``decision.cascade_tokens``
     tokens; if the local answer ends sooner, the whole answer is checked. A structured answer
     (``output``) is held whole: a JSON document is checked against its schema only once it is
-    complete, and one that fails escalates (``schema_invalid``) before the client sees it.
+    complete, and one that fails escalates (``schema_invalid``) before the client sees it. So
+    is an answer that may call ``tools``: its calls are checked against the tools' parameters
+    (``tool_call_invalid``).
     """
 
     def __init__(
@@ -42,14 +46,21 @@ class Cascade:
         decision: RouteDecision,
         prompt: str,
         output: OutputFormat | None = None,
+        tools: Tools | None = None,
     ):
         self.policy = policy
         self.decision = decision
         self.output = output
+        self.tools = tools
         self.confidence = RunningConfidence(prompt)
         self.about_prompt = decision.prompt_features or prompt_features(prompt)
-        self.held: list[LocalEvent] = []
+        self.held: list[StreamEvent] = []
         self.finished = False  # the local answer ended within the start
+
+    @property
+    def holds_whole(self) -> bool:
+        """Whether the answer is checked only once it is complete."""
+        return self.output is not None or self.tools is not None
 
     @property
     def tokens(self) -> int:
@@ -58,13 +69,13 @@ class Cascade:
     @property
     def hedge_at(self) -> int | None:
         """The token count at which the hedged mode may start the cloud (None: it is off)."""
-        if self.policy.config.hedge_band <= 0 or self.output is not None:
+        if self.policy.config.hedge_band <= 0 or self.holds_whole:
             return None
         return max(1, self.decision.cascade_tokens // 2)
 
     async def hold(
         self,
-        local: AsyncIterator[LocalEvent],
+        local: AsyncIterator[StreamEvent],
         at_hedge: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         """Read ``local`` up to the check (``at_hedge`` runs once, at the hedge's token)."""
@@ -74,14 +85,15 @@ class Cascade:
             if isinstance(event, Finish):
                 self.finished = True
                 return
-            if self.tokens < self.decision.cascade_tokens:  # a structured answer is held on
+            held_on = self.tokens < self.decision.cascade_tokens  # a checked answer is held on
+            if held_on and isinstance(event, TokenEvent):
                 self.confidence.add(event.logprob, event.text)
-            if self.tokens >= self.decision.cascade_tokens and self.output is None:
+            if self.tokens >= self.decision.cascade_tokens and not self.holds_whole:
                 return
             if at_hedge is not None and self.tokens == hedge_at:
                 await at_hedge()
 
-    async def rest(self, local: AsyncIterator[LocalEvent]) -> AsyncIterator[LocalEvent]:
+    async def rest(self, local: AsyncIterator[StreamEvent]) -> AsyncIterator[StreamEvent]:
         """The kept local answer: the held start, then the rest of ``local``."""
         for event in self.held:
             yield event
@@ -112,7 +124,22 @@ class Cascade:
             scores["schema_valid"] = 0.0 if problems else 1.0
             if problems:
                 return Verdict(True, scores, reason, "schema_invalid")
+        if self.tools is not None:
+            problems = self.tool_problems()
+            scores["tool_calls_valid"] = 0.0 if problems else 1.0
+            if problems:
+                return Verdict(True, scores, reason, "tool_call_invalid")
         return Verdict(escalate, scores, reason)
+
+    def tool_problems(self) -> list[str]:
+        """Why the held answer's tool calls are not acceptable (empty: they are)."""
+        assert self.tools is not None
+        end = self.held[-1] if self.held else None
+        if not isinstance(end, Finish):
+            return ["the answer did not end"]
+        if end.reason == "length":
+            return ["max_tokens ended the answer before its tool call was complete"]
+        return tool_call_problems(self.held, self.tools)
 
     def schema_problems(self) -> list[str]:
         """Why the held structured answer is not acceptable (empty: it is)."""

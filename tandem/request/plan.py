@@ -35,6 +35,7 @@ class Situation:
     cloud_model: str | None  # None: no cloud tier is configured
     cloud_n_ctx: int
     local_fim: bool = False  # the local model has fill-in-the-middle tokens
+    local_tools: bool = False  # the local model's chat template calls tools
     cloud_fim: bool = False  # the cloud's /completions takes a suffix (TANDEM_CLOUD_FIM)
     cloud_up: bool = False  # its breaker lets a request through now
     cloud_retry_after_s: float = 5.0  # the breaker's cooldown, for a 503's Retry-After
@@ -102,9 +103,11 @@ ROUTED_LOCAL = frozenset({"default_local", "prompt_router_local", "prompt_router
 
 
 def check_structured(turn: Turn, decision: RouteDecision) -> RouteDecision:
-    """A structured answer the routers keep local is still checked against its schema before
-    the client sees it: a cascade without a confidence check (``cascade_tokens`` 0)."""
-    if turn.params.output is None or decision.action != Action.LOCAL:
+    """A structured answer (or one that may call tools) the routers keep local is still
+    checked, against its schema or its tools' parameters, before the client sees it: a
+    cascade without a confidence check (``cascade_tokens`` 0)."""
+    checked = turn.params.output is not None or turn.calls_tools
+    if not checked or decision.action != Action.LOCAL:
         return decision
     if decision.reason not in ROUTED_LOCAL:
         return decision
@@ -142,7 +145,7 @@ FIM = CloudOnly(
 def cloud_only(turn: Turn, now: Situation) -> CloudOnly | None:
     """What in ``turn`` the local model cannot do, if anything. (The bundled local models'
     chat templates have no tools, and their vocabularies no FIM tokens.)"""
-    if turn.calls_tools:
+    if turn.calls_tools and not now.local_tools:
         return TOOLS
     if turn.fills_middle and not now.local_fim:
         return FIM

@@ -23,6 +23,7 @@ class FakeEngine:
 
     model_name = "fake-local"
     fim = False  # no fill-in-the-middle tokens, like the bundled models
+    tools = False  # no tools in its chat template, like the bundled models
 
     def __init__(self, tokens: Sequence[str] = ("Hello", " from", " local"), n_ctx: int = 64):
         self.tokens = list(tokens)
