@@ -58,7 +58,12 @@ class CompletionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str | None = None
-    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)]
+    # A model continues something: an empty prompt would be no tokens at all (a model that
+    # adds no BOS, like SmolLM2's).
+    prompt: (
+        Annotated[str, Field(min_length=1)]
+        | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=1)]
+    )
     suffix: str | None = None
     max_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0.0, le=2.0)

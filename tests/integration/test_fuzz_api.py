@@ -56,6 +56,10 @@ CHAT_EXAMPLES = 150  # the richest input, and cheap to answer with max_tokens <=
 FUZZED = [
     ("POST", "/v1/chat/completions", POSITIVE, CHAT_EXAMPLES),
     ("POST", "/v1/chat/completions", NEGATIVE, MAX_EXAMPLES),
+    ("POST", "/v1/completions", POSITIVE, MAX_EXAMPLES),
+    ("POST", "/v1/completions", NEGATIVE, MAX_EXAMPLES),
+    ("POST", "/infill", POSITIVE, MAX_EXAMPLES),
+    ("POST", "/infill", NEGATIVE, MAX_EXAMPLES),
     ("GET", "/v1/sessions", POSITIVE, MAX_EXAMPLES),
     ("GET", "/v1/sessions", NEGATIVE, MAX_EXAMPLES),
     ("GET", "/v1/sessions/{session_id}", POSITIVE, MAX_EXAMPLES),

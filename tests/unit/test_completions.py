@@ -169,6 +169,7 @@ def test_neutral_values_and_metadata_are_accepted(api: TestClient) -> None:
     "body",
     [
         {"prompt": ["a", "b"]},  # one prompt per request
+        {"prompt": ""},  # nothing to continue
         {"prompt": "x", "echo": True, "logprobs": 1},
         {"prompt": "x", "tandem": {"session_id": "s1"}},
         {"prompt": "x", "max_tokens": 101},
