@@ -134,21 +134,23 @@ class Cascade:
     def tool_problems(self) -> list[str]:
         """Why the held answer's tool calls are not acceptable (empty: they are)."""
         assert self.tools is not None
+        cut = self._unfinished("its tool call")
+        return cut if cut else tool_call_problems(self.held, self.tools)
+
+    def _unfinished(self, what: str) -> list[str]:
+        """Why the held answer is not complete enough to check (empty: it is)."""
         end = self.held[-1] if self.held else None
         if not isinstance(end, Finish):
             return ["the answer did not end"]
         if end.reason == "length":
-            return ["max_tokens ended the answer before its tool call was complete"]
-        return tool_call_problems(self.held, self.tools)
+            return [f"max_tokens ended the answer before {what} was complete"]
+        return []
 
     def schema_problems(self) -> list[str]:
         """Why the held structured answer is not acceptable (empty: it is)."""
         assert self.output is not None
-        end = self.held[-1] if self.held else None
-        if not isinstance(end, Finish):
-            return ["the answer did not end"]
-        if end.reason == "length":
-            return ["max_tokens ended the answer before the JSON document was complete"]
+        if cut := self._unfinished("the JSON document"):
+            return cut
         text = "".join(e.text for e in self.held if isinstance(e, TokenEvent))
         return self.output.problems(text)
 

@@ -11,20 +11,7 @@ import pytest
 
 from tests.integration.conftest import SHIPPED_STANDIN
 from tests.integration.gateway_proc import gateway_process
-
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The current weather in a city.",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    },
-}
-ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
+from tests.integration.test_tools_e2e import ASK, WEATHER
 
 
 @pytest.fixture(scope="module")
