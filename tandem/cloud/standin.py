@@ -74,6 +74,7 @@ class StandinCloud:
         self._owns_log_dir = log_dir is None
         self._proc: subprocess.Popen[bytes] | None = None
         self.model_path: Path | None = None  # the GGUF it serves, once started
+        self.fim_tokens: list[str] | None = None  # its model's FIM tokens, once started
 
     @classmethod
     def from_settings(
@@ -95,9 +96,7 @@ class StandinCloud:
     def gateway_settings(self) -> dict[str, Any]:
         """The cloud settings a gateway uses with this stand-in (call after ``start``): its
         URL, its dialect, and fill-in-the-middle when its model has FIM tokens."""
-        from tandem.local.fim import fim_token_texts
-
-        fim = fim_token_texts(self.model_path) if self.model_path is not None else None
+        fim = self.fim_tokens
         return {
             "cloud_url": self.base_url,
             "cloud_dialect": "llama_cpp",
@@ -166,6 +165,11 @@ class StandinCloud:
                 code="standin_failed",
             )
         self._spawn(self.command(model_path, self.chat_format or hint))
+        from tandem.local.fim import fim_token_texts
+
+        # Read while the server starts, not after: the gateway then starts at once (and a
+        # signal that arrives then finds it in Python, not inside a vocabulary load).
+        self.fim_tokens = fim_token_texts(model_path)
         self._wait_ready()
 
     def _spawn(self, cmd: list[str]) -> None:
