@@ -169,7 +169,10 @@ class StandinCloud:
 
         # Read while the server starts, not after: the gateway then starts at once (and a
         # signal that arrives then finds it in Python, not inside a vocabulary load).
-        self.fim_tokens = fim_token_texts(model_path)
+        try:
+            self.fim_tokens = fim_token_texts(model_path)
+        except ValueError:  # not a model llama.cpp can load: the server's log says why
+            self.fim_tokens = None
         self._wait_ready()
 
     def _spawn(self, cmd: list[str]) -> None:
