@@ -137,3 +137,30 @@ def test_llama_cpp_infill_requests_work_unchanged(fim_url: str) -> None:
     assert events and all(not e.get("stop") for e in events[:-1])
     assert events[-1]["stop"] is True
     assert "".join(e.get("content", "") for e in events).strip().startswith("a + b")
+
+
+def test_plain_completions_reach_the_cloud_tier_streaming_and_not(standin_cloud: str) -> None:
+    args: dict[str, Any] = {"model": "tandem", "prompt": CODE, "max_tokens": 10, "temperature": 0.0}
+    direct = openai.OpenAI(base_url=standin_cloud, api_key="unused", max_retries=0, timeout=120)
+    expected = direct.completions.create(**args).choices[0].text
+    cloud = {"tandem": {"route": "cloud"}}
+    with gateway_process(standin_cloud) as url:
+        client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=120)
+        raw = client.completions.with_raw_response.create(**args, extra_body=cloud)
+        assert raw.headers["x-tandem-route"] == "cloud"
+        whole = raw.parse()
+        stream = client.completions.create(**args, stream=True, extra_body=cloud)
+        chunks = list(stream)
+    assert whole.choices[0].text == expected  # the cloud's own answer, unchanged
+    assert whole.usage is not None and whole.usage.completion_tokens > 0
+    assert "".join(c.choices[0].text for c in chunks) == expected
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+
+
+def test_fim_streams_from_the_stand_in_through_the_sdk(fim_url: str) -> None:
+    client = openai.OpenAI(base_url=fim_url, api_key="unused", max_retries=0, timeout=120)
+    args: dict[str, Any] = {"prompt": CODE, "suffix": AFTER, "max_tokens": 8, "temperature": 0.0}
+    whole = client.completions.create(model="tandem", **args).choices[0].text
+    chunks = list(client.completions.create(model="tandem", stream=True, **args))
+    assert "".join(c.choices[0].text for c in chunks) == whole
+    assert whole.strip().startswith("a + b")
