@@ -24,7 +24,7 @@ LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_SSE42=ON -DGGML_AVX=ON -DGGML_AVX2=
 	-DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX_VNNI=OFF -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF \
 	-DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DGGML_LLAMAFILE=OFF -DLLAVA_BUILD=OFF
 
-.PHONY: install run test lint unit integration bench clean
+.PHONY: install run test lint unit integration bench llama-server clean
 
 install: $(VENV)/.installed
 
@@ -55,6 +55,22 @@ integration: install
 
 bench: install
 	$(BIN)/tandem bench runtime --json
+
+# llama.cpp's own server, built from the source vendored in the pinned llama-cpp-python with the
+# same flags: the anchor `tandem bench parallel` measures the engine against.
+LLAMA_SERVER_DIR := $(VENV)/llama-server
+llama-server: $(LLAMA_SERVER_DIR)/bin/llama-server
+
+$(LLAMA_SERVER_DIR)/bin/llama-server: install
+	rm -rf $(LLAMA_SERVER_DIR)/src && mkdir -p $(LLAMA_SERVER_DIR)/src
+	$(BIN)/python -m pip download --quiet --no-deps --no-binary :all: \
+		--dest $(LLAMA_SERVER_DIR)/src 'llama-cpp-python==$(LLAMA_CPP_VERSION)'
+	tar -xzf $(LLAMA_SERVER_DIR)/src/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz -C $(LLAMA_SERVER_DIR)/src
+	cmake -S $(LLAMA_SERVER_DIR)/src/llama_cpp_python-$(LLAMA_CPP_VERSION)/vendor/llama.cpp \
+		-B $(LLAMA_SERVER_DIR)/build -G Ninja -DCMAKE_BUILD_TYPE=Release $(LLAMA_CMAKE_ARGS) \
+		-DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_CURL=OFF \
+		-DBUILD_SHARED_LIBS=OFF -DCMAKE_RUNTIME_OUTPUT_DIRECTORY=$(abspath $(LLAMA_SERVER_DIR))/bin
+	cmake --build $(LLAMA_SERVER_DIR)/build --target llama-server
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -250,6 +250,26 @@ def bench_faults(
     _emit(result, as_json)
 
 
+@bench_app.command("parallel")
+def bench_parallel(
+    quick: Annotated[bool, typer.Option(help="S = 1, 4 and 1, 4 streams, one model")] = False,
+    variant: Annotated[str | None, typer.Option(
+        help="A second quantization of the model to measure too (none: --variant '')")] = "Q4_0",
+    as_json: AsJson = False,
+    out: BenchOut = None,
+) -> None:
+    """Continuous batching: slots × streams in the engine, and llama.cpp's server beside it."""
+    from bench.parallel import run_parallel_bench
+    from tandem.catalog import resolve_model
+
+    settings = load_settings()
+    with clear_errors():
+        path, _ = resolve_model(settings.local_model)
+        result = run_parallel_bench(settings, path, quick, out or _results("parallel"), console,
+                                    variant=(variant or None) if not quick else None)
+    _emit(result, as_json)
+
+
 @bench_app.command("load")
 def bench_load(
     quick: Annotated[bool, typer.Option(help="Levels 1, 4, 16 for 15 s each, no soak")] = False,

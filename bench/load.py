@@ -91,6 +91,7 @@ class _GatewayProcess:
         cloud_url: str | None,
         workdir: Path,
         n_ctx: int | None = None,
+        extra_env: dict[str, str] | None = None,
     ):
         from tandem.net import free_port
 
@@ -106,6 +107,7 @@ class _GatewayProcess:
             "TANDEM_SESSIONS_DB": str(workdir / "s.db"),
             "TANDEM_QUEUE_SIZE": str(settings.queue_size),
             "TANDEM_LOCAL_MODEL": settings.local_model,
+            **(extra_env or {}),
         }
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)

@@ -122,8 +122,8 @@ def _bare_stream(settings: Settings, model: Path) -> tuple[Stream, int]:
     """Plain llama-cpp-python: ``Llama.generate`` on the chat-templated prompt."""
     from llama_cpp import Llama
 
+    from tandem.local.batch import MIN_P, TOP_K
     from tandem.local.chat import PromptRenderer
-    from tandem.local.decode import MIN_P, TOP_K
 
     llm: Any = Llama(
         str(model),

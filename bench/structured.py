@@ -22,9 +22,9 @@ from typing import Any
 
 from rich.console import Console
 
+from tandem.local.batch import MIN_P, TOP_K
 from tandem.local.chat import PromptRenderer
 from tandem.local.constrain import Vocabulary
-from tandem.local.decode import MIN_P, TOP_K
 from tandem.local.tokenizer import tokenize
 from tandem.structured import OutputFormat, parse_response_format
 
@@ -140,7 +140,7 @@ def run_structured_bench(model_path: Path, chat_format: str | None, threads: int
 
     llm = Llama(str(model_path), n_ctx=2048, n_threads=threads, verbose=False)
     renderer = PromptRenderer.for_model(llm._model, chat_format)
-    vocabulary = Vocabulary(llm)
+    vocabulary = Vocabulary(llm._model)
     started = time.perf_counter()
     vocabulary.tokenizer  # noqa: B018 (built once per model load, timed here)
     tokenizer_s = time.perf_counter() - started

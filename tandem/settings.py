@@ -58,6 +58,13 @@ class Settings(BaseSettings):
     n_ctx: int = Field(2048, ge=64)
     n_threads: int | None = Field(None, description="CPU threads (default: all cores)")
     n_batch: int = Field(512, ge=1)
+    local_parallel: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="Sequences the local model decodes together (default: 4, fewer if "
+        "TANDEM_RAM_BUDGET_MIB cannot hold their KV cache)",
+    )
     kv_type: KvType = "f16"
     ram_budget_mib: float | None = Field(
         None, gt=0, description="Refuse models whose plan is larger"

@@ -3,9 +3,9 @@
 llama.cpp's own grammar sampler (GBNF, ``llama_sampler_init_grammar``) checks every candidate
 token against the grammar at every step; llguidance computes the step's mask from a lexer and
 parser split in Rust, tens of microseconds for JSON. ``tandem bench structured`` measures both
-against unconstrained decoding. The mask is applied through llama-cpp-python's logits-processor
-hook, which runs first in the sampler chain on the whole vocabulary (indexed by token id), so
-top-k, top-p and temperature then sample among allowed tokens only.
+against unconstrained decoding. The mask is written into the step's logits row before the sampler
+chain reads it (on the whole vocabulary, indexed by token id), so top-k, top-p and temperature
+then sample among allowed tokens only.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ class Vocabulary:
 
     CACHED_SCHEMAS = 64
 
-    def __init__(self, llm: Any):
-        self._llm = llm
+    def __init__(self, model: Any):
+        self._model = model  # a llama_cpp._internals.LlamaModel
         self._lock = threading.Lock()
         self._tokenizer: Any = None
         self._compiled: OrderedDict[tuple[str, bool], Any] = OrderedDict()
@@ -40,7 +40,7 @@ class Vocabulary:
                 import llama_cpp
                 from llguidance.llamacpp import lltokenizer_from_vocab
 
-                vocab = self._llm._model.vocab
+                vocab = self._model.vocab
                 ends = [
                     t
                     for t in range(llama_cpp.llama_vocab_n_tokens(vocab))
@@ -74,7 +74,7 @@ class Vocabulary:
         constraint = Constraint(compiled.deep_copy(), int(tokenizer.vocab_size), fmt)
         if prefix:
             text = prefix.encode("utf-8")
-            constraint.prime(self._llm.tokenize(text, add_bos=False, special=False))
+            constraint.prime(self._model.tokenize(text, add_bos=False, special=False))
         return constraint
 
 
@@ -93,7 +93,12 @@ class Constraint:
             raise ValueError(f"the answer so far does not match the schema: {self.error}")
 
     def mask_logits(self, _ids: Any, scores: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        """The logits processor: tokens the grammar forbids next get -inf."""
+        """As a llama-cpp-python logits processor (``bench structured`` compares it there)."""
+        self.mask(scores)
+        return scores
+
+    def mask(self, scores: npt.NDArray[np.float32]) -> None:
+        """Tokens the grammar forbids next get -inf, in place."""
         self._matcher.unsafe_compute_mask_ptr(self._mask.ctypes.data, self._mask.nbytes)
         allowed = np.unpackbits(self._mask.view(np.uint8), bitorder="little")
         n = min(scores.shape[0], self._n_vocab)
@@ -101,7 +106,6 @@ class Constraint:
         scores[:n][blocked] = -np.inf
         if scores.shape[0] > n:  # padding rows of a vocabulary larger than the tokenizer's
             scores[n:] = -np.inf
-        return scores
 
     def accept(self, token: int) -> bool:
         """Advance past the sampled token; False if the grammar refuses it."""

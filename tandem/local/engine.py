@@ -1,15 +1,18 @@
 """LocalEngine: one llama.cpp context, owned by one worker thread, streaming tokens with logprobs.
 
+The context has several sequences (``TANDEM_LOCAL_PARALLEL``, default from the memory plan):
+concurrent requests decode together in one batch (``tandem.local.batch``).
+
 Requests queue for the worker (bounded: a full queue is an ``OverloadedError``, HTTP 503).
 The model loads in the background; after ``keep_alive_s`` idle seconds it is unloaded (state
 ``cold``) until a request or :meth:`LocalEngine.wake` loads it again. A load that fails leaves
 the engine ``failed`` and is retried with exponential backoff; a worker thread that dies fails
 its queued requests at once and is restarted. Token counting and chat-template rendering for the
 gateway use a vocabulary-only copy of the model (``PromptTokenizer``), never the worker's
-context. Consecutive prompts reuse the longest common KV-cache prefix
-(``Llama.generate`` does the matching), so a follow-up turn prefills only its new tokens.
-Requests that name a session switch the context to that session's KV snapshot first
-(``SessionCache``), so interleaved conversations do not re-prefill their histories.
+context. A request goes to the sequence holding the longest prefix of its prompt, so a
+follow-up turn prefills only its new tokens; a request that names a session goes to the
+sequence holding that session, or gets its KV snapshot back (``SessionCache``), so interleaved
+conversations do not re-prefill their histories.
 """
 
 from __future__ import annotations
@@ -34,12 +37,20 @@ from tandem.errors import (
     TandemError,
 )
 from tandem.events import GenerationParams, LocalEvent
+from tandem.local.batch import Prepared, Scheduler
 from tandem.local.chat import Message, PromptRenderer, RenderedPrompt
 from tandem.local.constrain import Vocabulary
 from tandem.local.fim import fim_prompt, read_fim_tokens
 from tandem.local.kvstate import SessionCache
 from tandem.local.logits import LogitReader
-from tandem.local.memory import check_budget, ggml_kv_type, needs_flash_attn, plan_memory
+from tandem.local.memory import (
+    MemoryPlan,
+    check_budget,
+    ggml_kv_type,
+    needs_flash_attn,
+    plan_memory,
+)
+from tandem.local.model import LoadedModel
 from tandem.local.tokenizer import PromptTokenizer, tokenize
 from tandem.local.toolcalls import call_format, forced_opening
 from tandem.prompt import TextPrompt
@@ -51,6 +62,9 @@ Sink = Callable[[LocalEvent | BaseException | None], None]
 # Seconds before retrying a failed load: doubles after each failure, up to the cap.
 RETRY_FIRST_S = 1.0
 RETRY_MAX_S = 60.0
+# Sequences decoded together when TANDEM_LOCAL_PARALLEL is not set, fewer if the RAM budget
+# cannot hold their KV cache.
+DEFAULT_PARALLEL = 4
 
 
 @dataclass
@@ -62,6 +76,8 @@ class _Job:
     session: str | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
     ended: bool = False  # the sink has received its end marker
+    submitted_at: float = field(default_factory=time.perf_counter)
+    prepared: Prepared | None = None  # its prompt tokens, once the worker has read them
 
     def end(self, error: BaseException | None = None) -> None:
         if not self.ended:
@@ -83,21 +99,22 @@ class LocalEngine:
         # Jobs, _WAKE, or None (stop). Bounded for jobs; _WAKE never blocks (see wake()).
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=settings.queue_size)
         self._thread: threading.Thread | None = None
-        self._llm: Any = None
+        self._llm: LoadedModel | None = None
+        self._scheduler: Scheduler | None = None
         self._renderer: PromptRenderer | None = None
-        self._logits: LogitReader | None = None
         self._vocabulary: Vocabulary | None = None  # for structured output, built on first use
         self.state = EngineState.COLD
         self.load_time_s: float | None = None
         self.last_error: str | None = None
-        self.busy = False
         self.sessions = SessionCache(int(settings.session_state_mib * 2**20))
         self.tokenizer = PromptTokenizer(model_path, self._chat_format)
         self._lock = threading.Lock()  # guards state transitions made from several threads
         self._retry_s = RETRY_FIRST_S
         self._retry_at: float | None = None  # when a failed engine tries to load again
-        self._current: _Job | None = None  # the job the worker is serving
+        self._held: _Job | None = None  # taken from the queue, waiting for a free slot
         self._stopping = False
+        self.plan: MemoryPlan | None = None  # the memory plan of the loaded context
+        self.n_seq = 1  # sequences of the loaded context (set when the model loads)
 
     @property
     def n_ctx(self) -> int:
@@ -105,7 +122,15 @@ class LocalEngine:
 
     @property
     def queue_depth(self) -> int:
-        return self._queue.qsize() + int(self.busy)
+        """Requests waiting or decoding."""
+        scheduler = self._scheduler
+        running = scheduler.active if scheduler is not None else 0
+        return self._queue.qsize() + running + int(self._held is not None)
+
+    @property
+    def busy(self) -> bool:
+        scheduler = self._scheduler
+        return scheduler is not None and scheduler.active > 0
 
     @property
     def tools(self) -> bool:
@@ -191,6 +216,7 @@ class LocalEngine:
             "model": self.model_name,
             "load_time_s": self.load_time_s,
             "n_ctx": self.n_ctx,
+            "parallel": self.n_seq,
             "queue_depth": self.queue_depth,
             "last_error": self.last_error,
             "retry_in_s": self.retry_in_s(),
@@ -292,24 +318,51 @@ class LocalEngine:
             if delay_s > 0 and self._wait_for_stop(delay_s):
                 return
             self._load()
-            while True:
-                try:
-                    job = self._queue.get(timeout=self._idle_timeout())
-                except queue.Empty:
-                    if self._llm is not None:
-                        self._unload()  # keep-alive expired
-                    elif self.state == EngineState.FAILED:
-                        self._load()  # the retry is due
-                    continue
-                if job is None:
-                    return
-                if job is _WAKE:
-                    if self._llm is None:
-                        self._load()
-                    continue
-                self._serve(job)
+            while self._next():
+                if self._scheduler is not None and self._scheduler.active:
+                    self._scheduler.step()
         except BaseException as exc:
             self._worker_died(exc)
+
+    def _next(self) -> bool:
+        """Take what the queue holds and admit what fits; False on a stop. Blocks only while
+        nothing decodes."""
+        while True:
+            if self._held is not None:
+                if not self._admit(self._held):
+                    return True  # no slot yet: it waits while the others decode
+                self._held = None
+            decoding = self._scheduler is not None and self._scheduler.active > 0
+            try:
+                item = (
+                    self._queue.get_nowait()
+                    if decoding
+                    else self._queue.get(timeout=self._idle_timeout())
+                )
+            except queue.Empty:
+                if decoding:
+                    return True
+                if self._llm is not None:
+                    self._unload()  # keep-alive expired
+                elif self.state == EngineState.FAILED:
+                    self._load()  # the retry is due
+                continue
+            if item is None:
+                self._stop_requests()
+                return False
+            if item is _WAKE:
+                if self._llm is None:
+                    self._load()
+                continue
+            self._held = item
+
+    def _stop_requests(self) -> None:
+        error = ModelLoadError("The local engine is shutting down.")
+        if self._scheduler is not None:
+            self._scheduler.fail_all(error)
+        if self._held is not None:
+            self._held.end(error)
+            self._held = None
 
     def _idle_timeout(self) -> float | None:
         if self._llm is not None:
@@ -342,13 +395,14 @@ class LocalEngine:
         )
         with contextlib.suppress(Exception):
             self._unload()
-        self._llm = self._renderer = self._logits = self._vocabulary = None
         self.last_error = f"the worker thread died ({type(exc).__name__}: {exc})"
         error = self._unavailable()
-        if self._current is not None:
-            self._current.end(error)
-        self._current = None
-        self.busy = False
+        if self._scheduler is not None:
+            self._scheduler.fail_all(error)
+        if self._held is not None:
+            self._held.end(error)
+            self._held = None
+        self._llm = self._scheduler = self._renderer = self._vocabulary = None
         with self._lock:
             self._mark_failed()
             while True:  # a stop (None) in the queue means close() is under way: _stopping
@@ -372,58 +426,54 @@ class LocalEngine:
     def _unavailable(self) -> ModelLoadError:
         return ModelLoadError(f"The local model is unavailable: {self.last_error}")
 
-    def _serve(self, job: _Job) -> None:
+    def _admit(self, job: _Job) -> bool:
+        """Start ``job`` in a free slot, or end it (cancelled, invalid, no model); False when it
+        must wait for a slot."""
         if job.cancelled.is_set():
             job.end()
-            return
+            return True
         if self._llm is None:
             self._load()
             if self._llm is None:
                 job.end(self._unavailable())
-                return
-        self.busy = True
-        self._current = job
+                return True
+        assert self._scheduler is not None
         try:
-            self._generate(job)
-            job.end()
+            if job.prepared is None:
+                job.prepared = self._prepare(job)
+            return self._scheduler.admit(job, job.prepared)
         except TandemError as exc:
             job.end(exc)
         except Exception as exc:  # a llama.cpp failure must not kill the worker
             job.end(TandemError(f"Local generation failed: {exc}"))
-        # Not in a ``finally``: what escapes (the worker dies) leaves ``_current`` for
-        # _worker_died to fail.
-        self.busy = False
-        self._current = None
+        return True
 
     def _load(self) -> None:
-        from llama_cpp import Llama
-
         self.state = EngineState.LOADING
         started = time.perf_counter()
         s = self._settings
         try:
-            plan = plan_memory(self.model_path, s.n_ctx, s.kv_type, s.n_batch)
-            budget = None if s.ram_budget_mib is None else int(s.ram_budget_mib * 2**20)
-            check_budget(plan, budget)
-            kv = ggml_kv_type(s.kv_type)
-            llm = Llama(
-                model_path=str(self.model_path),
+            self.plan = plan = self._memory_plan()
+            llm = LoadedModel(
+                self.model_path,
                 n_ctx=s.n_ctx,
+                n_seq=plan.n_seq,
                 n_batch=s.n_batch,
-                n_threads=s.n_threads or os.cpu_count(),
-                type_k=kv,
-                type_v=kv,
+                n_threads=s.n_threads or os.cpu_count() or 1,
+                kv_type=ggml_kv_type(s.kv_type),
                 flash_attn=needs_flash_attn(s.kv_type),
-                use_mmap=True,
-                verbose=False,
             )
-            self._renderer = PromptRenderer.for_model(llm._model, self._chat_format)
-            self._logits = LogitReader(llm)
-            self._vocabulary = Vocabulary(llm)
+            self.n_seq = plan.n_seq
+            self._renderer = PromptRenderer.for_model(llm.model, self._chat_format)
+            reader = LogitReader(llm.ctx, llm.model.vocab, llm.n_vocab)
+            self._scheduler = Scheduler(llm, reader, self.sessions)
+            self._vocabulary = Vocabulary(llm.model)
             self._llm = llm
             self._warm_up()
         except Exception as exc:
-            self._llm = None
+            if self._llm is not None:
+                self._llm.close()
+            self._llm = self._scheduler = None
             first = self.last_error != str(exc)
             self.last_error = str(exc)
             with self._lock:
@@ -445,24 +495,41 @@ class LocalEngine:
         self._retry_at = None
         self.state = EngineState.READY
 
+    def _memory_plan(self) -> MemoryPlan:
+        """The plan for the configured sequences, or the most (up to DEFAULT_PARALLEL) that
+        the RAM budget holds; raises when not even one fits."""
+        s = self._settings
+        budget = None if s.ram_budget_mib is None else int(s.ram_budget_mib * 2**20)
+        choices = [s.local_parallel] if s.local_parallel else [DEFAULT_PARALLEL, 2, 1]
+        for n_seq in choices:
+            plan = plan_memory(self.model_path, s.n_ctx, s.kv_type, s.n_batch, n_seq=n_seq)
+            if budget is None or plan.fits(budget) or n_seq == choices[-1]:
+                check_budget(plan, budget)
+                return plan
+        raise AssertionError("unreachable")
+
     def _warm_up(self) -> None:
         """One short generation: touches the weights and allocates the compute buffers."""
+        assert self._scheduler is not None
         params = GenerationParams(max_tokens=1, temperature=0.0)
-        self._generate(_Job([{"role": "user", "content": "Hi"}], params, "", lambda _: None))
+        job = _Job([{"role": "user", "content": "Hi"}], params, "", lambda _: None)
+        if not self._admit(job):
+            raise RuntimeError("the warm-up found no free sequence")
+        while self._scheduler.active:
+            self._scheduler.step()
 
     def _unload(self) -> None:
         self.sessions.clear()
         if self._llm is not None:
             self._llm.close()
-        self._llm = self._renderer = self._logits = self._vocabulary = None
+        self._llm = self._scheduler = self._renderer = self._vocabulary = None
         if self.state == EngineState.READY:
             self.state = EngineState.COLD
 
-    def _generate(self, job: _Job) -> None:
-        from tandem.local.decode import run_generation
-
-        assert self._llm is not None and self._renderer is not None and self._logits is not None
-        self.sessions.switch(self._llm, job.session)
+    def _prepare(self, job: _Job) -> Prepared:
+        """A job's prompt tokens, stop strings and output constraint (raises what the request
+        got wrong: too long for the window, tools the template cannot call)."""
+        assert self._llm is not None and self._renderer is not None
         stops: tuple[str, ...] = ()
         if job.params.prompt is not None:
             tokens = self._text_tokens(job.params.prompt, job)
@@ -484,7 +551,7 @@ class LocalEngine:
         if output is not None:
             assert self._vocabulary is not None
             constraint = self._vocabulary.constraint(output, job.assistant_prefix)
-        run_generation(self._llm, self._logits, tokens, stops, job, constraint)
+        return Prepared(tokens, stops, constraint)
 
     def _render(self, job: _Job) -> RenderedPrompt:
         """A chat job's prompt; with tools, the template lists them, and a required call's
@@ -508,7 +575,8 @@ class LocalEngine:
         if prompt.suffix is None:
             text = RenderedPrompt(prompt.prefix + job.assistant_prefix, True, ())
             return tokenize(self._llm, text)
-        ids = read_fim_tokens(self._llm._model)
+        assert self._llm is not None
+        ids = read_fim_tokens(self._llm.model)
         if ids is None:
             raise InvalidRequestError(
                 f"The local model ({self.model_name}) has no fill-in-the-middle tokens, so it "
@@ -518,7 +586,7 @@ class LocalEngine:
                 code="fim_unsupported",
             )
         room = self.n_ctx - min(job.params.max_tokens, self.n_ctx // 4)
-        return fim_prompt(self._llm._model, ids, prompt, room, job.assistant_prefix).tokens
+        return fim_prompt(self._llm.model, ids, prompt, room, job.assistant_prefix).tokens
 
 
 def _lower_priority(increment: int) -> None:

@@ -1,13 +1,14 @@
 """Per-session KV-cache snapshots, so several conversations share one llama.cpp context.
 
-The context holds one conversation's KV cache at a time. When a request for another session
-arrives, the current owner's cache is copied out (``llama_state_seq_get_data``: only sequence 0's
-used cells, no logits) into an LRU with a byte budget, and the new session's snapshot, if any, is
-copied back in. ``Llama.save_state`` is not used: it also copies the n_batch × n_vocab logits
-buffer (about 100 MB for SmolLM2) on every save.
+The context holds as many conversations as it has sequences. When a request for another session
+needs a sequence that holds one, that session's cells are copied out
+(``llama_state_seq_get_data``: only that sequence's cells, no logits) into an LRU with a byte
+budget, and the new session's snapshot, if any, is copied back in. ``Llama.save_state`` is not
+used: it also copies the n_batch × n_vocab logits buffer (about 100 MB for SmolLM2) on every
+save.
 
-All methods run on the engine's worker thread, except ``forget``, which only touches the LRU
-under its lock and marks the live cache for clearing.
+The LRU is guarded by a lock: ``forget`` comes from the gateway's threads, the rest from the
+engine's worker thread.
 """
 
 from __future__ import annotations
@@ -19,8 +20,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-_SEQ = 0  # Llama.generate keeps everything in sequence 0
 
 
 @dataclass(frozen=True)
@@ -34,15 +33,19 @@ class Snapshot:
 
 
 class SessionCache:
-    """Which session the live KV cache belongs to, and snapshots of the others."""
+    """Snapshots of the sessions no sequence holds, in an LRU with a byte budget.
+
+    Which sequence holds which session is the scheduler's (``tandem.local.batch``); it asks
+    here for a session's snapshot when it gives the session a sequence, and hands one in when
+    it gives a session's sequence to another request.
+    """
 
     def __init__(self, budget_bytes: int):
         self.budget_bytes = budget_bytes
-        self.owner: str | None = None
         self._snapshots: OrderedDict[str, Snapshot] = OrderedDict()
         self._lock = threading.Lock()
-        self._clear_live = False
-        self.stats = {"saves": 0, "restores": 0, "misses": 0, "evictions": 0}
+        self._forgotten: set[str] = set()  # sessions whose live sequence must be cleared
+        self.stats = {"saves": 0, "restores": 0, "misses": 0, "evictions": 0, "live": 0}
 
     @property
     def used_bytes(self) -> int:
@@ -53,42 +56,19 @@ class SessionCache:
         with self._lock:
             return session in self._snapshots
 
-    def switch(self, llm: Any, session: str | None) -> None:
-        """Make the live cache ``session``'s before a generation for it (None: stateless)."""
-        if self._clear_live:
-            llm.reset()
-            self.owner, self._clear_live = None, False
-        if session == self.owner:
-            return
-        if self.owner is not None and llm.n_tokens > 0 and self.budget_bytes > 0:
-            self._put(self.owner, _capture(llm))
+    def take(self, session: str) -> Snapshot | None:
+        """Remove and return the session's snapshot (None: a miss)."""
         with self._lock:
-            snapshot = self._snapshots.pop(session, None) if session is not None else None
-        if snapshot is not None:
-            _restore(llm, snapshot)
-            self.stats["restores"] += 1
-        elif session is not None:
-            self.stats["misses"] += 1
-        # Without a snapshot the live cache stays: a prompt sharing its prefix still reuses it.
-        self.owner = session
+            snapshot = self._snapshots.pop(session, None)
+        self.stats["restores" if snapshot is not None else "misses"] += 1
+        return snapshot
 
-    def forget(self, session: str) -> None:
-        with self._lock:
-            self._snapshots.pop(session, None)
-            if self.owner == session:
-                self._clear_live = True
-
-    def clear(self) -> None:
-        """Drop every snapshot (the model is being unloaded)."""
-        with self._lock:
-            self._snapshots.clear()
-            self.owner = None
-            self._clear_live = False
-
-    def _put(self, session: str, snapshot: Snapshot) -> None:
+    def put(self, session: str, snapshot: Snapshot) -> None:
         if snapshot.nbytes > self.budget_bytes:
             return
         with self._lock:
+            if session in self._forgotten:
+                return
             self._snapshots[session] = snapshot
             self.stats["saves"] += 1
             total = sum(s.nbytes for s in self._snapshots.values())
@@ -96,6 +76,24 @@ class SessionCache:
                 _, evicted = self._snapshots.popitem(last=False)
                 total -= evicted.nbytes
                 self.stats["evictions"] += 1
+
+    def forget(self, session: str) -> None:
+        """Drop the session's snapshot; its live sequence is cleared at the next step."""
+        with self._lock:
+            self._snapshots.pop(session, None)
+            self._forgotten.add(session)
+
+    def forgotten(self) -> set[str]:
+        """The sessions forgotten since the last call (the worker clears their sequences)."""
+        with self._lock:
+            names, self._forgotten = self._forgotten, set()
+        return names
+
+    def clear(self) -> None:
+        """Drop every snapshot (the model is being unloaded)."""
+        with self._lock:
+            self._snapshots.clear()
+            self._forgotten.clear()
 
 
 # A snapshot is tens of MB (about 23 KB per token for SmolLM2). It is copied only inside
@@ -105,31 +103,24 @@ class SessionCache:
 _BYTES = ctypes.POINTER(ctypes.c_uint8)
 
 
-def _capture(llm: Any) -> Snapshot:
+def capture(ctx: Any, seq: int, tokens: list[int]) -> Snapshot:
+    """Copy out the cells of sequence ``seq``, which holds ``tokens``."""
     import llama_cpp
 
-    size = llama_cpp.llama_state_seq_get_size(llm.ctx, _SEQ)
+    size = llama_cpp.llama_state_seq_get_size(ctx, seq)
     buffer = np.empty(size, dtype=np.uint8)  # not zero-filled: llama.cpp writes it
-    written = llama_cpp.llama_state_seq_get_data(
-        llm.ctx, buffer.ctypes.data_as(_BYTES), size, _SEQ
-    )
-    tokens = np.array(llm.input_ids[: llm.n_tokens], dtype=np.intc)
-    return Snapshot(tokens, buffer[:written])
+    written = llama_cpp.llama_state_seq_get_data(ctx, buffer.ctypes.data_as(_BYTES), size, seq)
+    return Snapshot(np.array(tokens, dtype=np.intc), buffer[:written])
 
 
-def _restore(llm: Any, snapshot: Snapshot) -> None:
+def restore(ctx: Any, seq: int, snapshot: Snapshot) -> bool:
+    """Copy a snapshot into the (empty) sequence ``seq``. False when llama.cpp cannot (no
+    contiguous run of free cells in a fragmented cache): the caller prefills instead. The
+    logits of the last position are not part of a snapshot, so the caller evaluates at least
+    the last token again before sampling."""
     import llama_cpp
 
     data = snapshot.data
-    restored = llama_cpp.llama_state_seq_set_data(
-        llm.ctx, data.ctypes.data_as(_BYTES), data.size, _SEQ
+    return bool(
+        llama_cpp.llama_state_seq_set_data(ctx, data.ctypes.data_as(_BYTES), data.size, seq)
     )
-    if restored == 0:
-        llm.reset()  # could not restore: the next generation prefills from scratch
-        return
-    n = len(snapshot.tokens)
-    llm.input_ids[:n] = snapshot.tokens
-    llm.n_tokens = n
-    # The logits of the last position are not part of the snapshot: Llama.generate must
-    # re-evaluate at least one token before sampling (it does when this flag is set).
-    llm._requires_eval = True

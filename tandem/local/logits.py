@@ -2,7 +2,8 @@
 
 llama-cpp-python only reports logprobs with ``logits_all=True``, which keeps n_ctx × n_vocab
 floats (about 400 MB for SmolLM2 at 2k context). The chosen token's log-probability needs only
-the last row, which llama.cpp keeps anyway: this reads it in place, without copying.
+the row of the sampled position, which llama.cpp keeps anyway: this reads it in place, without
+copying.
 """
 
 from __future__ import annotations
@@ -15,32 +16,29 @@ import numpy.typing as npt
 
 
 class LogitReader:
-    """Log-probabilities and token texts for a loaded ``llama_cpp.Llama``."""
+    """Log-probabilities and token texts for a context and its model's vocabulary."""
 
-    def __init__(self, llm: Any):
+    def __init__(self, ctx: Any, vocab: Any, n_vocab: int):
         import llama_cpp
 
         self._lib = llama_cpp
-        self._llm = llm
-        self._vocab = llm._model.vocab
-        self.n_vocab: int = llm.n_vocab()
+        self._ctx = ctx
+        self._vocab = vocab
+        self.n_vocab = n_vocab
         self._pieces: dict[int, bytes] = {}
         self._buf = ctypes.create_string_buffer(256)
 
-    def last_logits(self) -> npt.NDArray[np.float32]:
-        """The logits of the last decoded position (a view, valid until the next decode)."""
-        ptr = self._lib.llama_get_logits_ith(self._llm.ctx, -1)
+    def logits_at(self, row: int) -> npt.NDArray[np.float32]:
+        """The logits the last decode computed for batch row ``row`` (a writable view, valid
+        until the next decode)."""
+        ptr = self._lib.llama_get_logits_ith(self._ctx, row)
         return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
-
-    def logprob(self, logits: npt.NDArray[np.float32], token: int) -> float:
-        """log softmax(logits)[token] at temperature 1, as OpenAI reports it."""
-        return float(logits[token]) - _logsumexp(logits)
 
     def top(self, logits: npt.NDArray[np.float32], k: int) -> tuple[tuple[str, float], ...]:
         """The k most likely tokens with their log-probabilities, most likely first."""
         ids = np.argpartition(logits, -k)[-k:]
         ids = ids[np.argsort(logits[ids])[::-1]]
-        lse = _logsumexp(logits)
+        lse = logsumexp(logits)
         return tuple(
             (self.piece(int(i)).decode("utf-8", errors="replace"), float(logits[i]) - lse)
             for i in ids
@@ -58,6 +56,6 @@ class LogitReader:
         return bool(self._lib.llama_vocab_is_eog(self._vocab, token))
 
 
-def _logsumexp(x: npt.NDArray[np.float32]) -> float:
+def logsumexp(x: npt.NDArray[np.float32]) -> float:
     m = float(x.max())
     return m + float(np.log(np.exp(x - m).sum()))

@@ -120,6 +120,7 @@ class MemoryPlan:
     kv_cache_bytes: int
     compute_bytes: int
     overhead_bytes: int
+    n_seq: int = 1  # sequences sharing the KV cache, each with an n_ctx window
 
     @property
     def total_bytes(self) -> int:
@@ -202,9 +203,15 @@ def _compute_bytes(shape: ModelShape, n_ctx: int, n_batch: int, flash_attn: bool
 
 
 def _plan(
-    path: Path, shape: ModelShape, n_ctx: int, kv_type: KvType, n_batch: int, fa: bool
+    path: Path,
+    shape: ModelShape,
+    n_ctx: int,
+    kv_type: KvType,
+    n_batch: int,
+    fa: bool,
+    n_seq: int = 1,
 ) -> MemoryPlan:
-    cells = -(-n_ctx // _CTX_STEP) * _CTX_STEP
+    cells = -(-n_ctx * n_seq // _CTX_STEP) * _CTX_STEP
     kv_elements = shape.n_layer * cells * shape.n_head_kv * (shape.head_dim_k + shape.head_dim_v)
     return MemoryPlan(
         model_path=path,
@@ -215,7 +222,10 @@ def _plan(
         weights_bytes=shape.weights_bytes,
         kv_cache_bytes=math.ceil(kv_elements * _kv_bytes_per_element(kv_type)),
         compute_bytes=_compute_bytes(shape, cells, n_batch, fa),
-        overhead_bytes=_RUNTIME_FIXED_BYTES + _RUNTIME_BYTES_PER_TOKEN * shape.n_vocab,
+        # One logits row per sequence and step (the first is in the per-token figure).
+        overhead_bytes=_RUNTIME_FIXED_BYTES
+        + (_RUNTIME_BYTES_PER_TOKEN + 4 * (n_seq - 1)) * shape.n_vocab,
+        n_seq=n_seq,
     )
 
 
@@ -226,15 +236,20 @@ def plan_memory(
     n_batch: int = 512,
     *,
     flash_attn: bool | None = None,
+    n_seq: int = 1,
 ) -> MemoryPlan:
-    """The memory plan for loading ``path`` with these context settings.
+    """The memory plan for loading ``path`` with these context settings, ``n_seq`` sequences
+    of ``n_ctx`` tokens each (a KV stream per sequence).
 
     ``flash_attn=None`` assumes flash attention exactly when the KV type needs it (see
     ``needs_flash_attn``), which is how the local engine loads models.
     """
-    if n_ctx < 1 or n_batch < 1:
-        raise ValueError(f"n_ctx and n_batch must be positive (got {n_ctx}, {n_batch}).")
-    return _plan(path, read_shape(path), n_ctx, kv_type, n_batch, _flash(kv_type, flash_attn))
+    if n_ctx < 1 or n_batch < 1 or n_seq < 1:
+        raise ValueError(
+            f"n_ctx, n_batch and n_seq must be positive (got {n_ctx}, {n_batch}, {n_seq})."
+        )
+    fa = _flash(kv_type, flash_attn)
+    return _plan(path, read_shape(path), n_ctx, kv_type, n_batch, fa, n_seq)
 
 
 def largest_context(

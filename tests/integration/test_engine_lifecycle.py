@@ -116,17 +116,17 @@ def test_a_dead_worker_fails_its_requests_fast_and_restarts(model_path: Path) ->
     engine = LocalEngine(Settings(n_ctx=256, keep_alive_s=None, n_threads=2), model_path)
     engine.start()
     assert engine.wait_ready() == EngineState.READY
-    original = engine._generate
+    original = engine._prepare
     crashed = threading.Event()
 
-    def crash_once(job: Any) -> None:
+    def crash_once(job: Any) -> Any:
         if not crashed.is_set():
             crashed.set()
             time.sleep(0.3)  # a second request queues meanwhile
             raise Crash("boom")
-        original(job)
+        return original(job)
 
-    engine._generate = crash_once  # type: ignore[method-assign]
+    engine._prepare = crash_once  # type: ignore[method-assign]
     outcomes: list[BaseException | None] = [None, None]
 
     def ask(i: int) -> None:

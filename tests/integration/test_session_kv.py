@@ -6,10 +6,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tandem.catalog import resolve_model
 from tandem.events import Finish, GenerationParams, TokenEvent
-from tandem.local.engine import EngineState, LocalEngine
-from tandem.settings import Settings
+from tandem.local.engine import LocalEngine
+from tests.integration.engines import smollm2_engine
 
 TOPICS = {
     "a": "Tell me about the history of Rome.",
@@ -19,14 +18,9 @@ TOPICS = {
 GREEDY = GenerationParams(max_tokens=20, temperature=0.0)
 
 
-def make_engine(state_mib: float) -> LocalEngine:
-    path, fmt = resolve_model("smollm2")
-    engine = LocalEngine(
-        Settings(n_ctx=1024, keep_alive_s=None, session_state_mib=state_mib), path, fmt
-    )
-    engine.start()
-    assert engine.wait_ready() == EngineState.READY, engine.last_error
-    return engine
+def make_engine(state_mib: float, parallel: int = 1) -> LocalEngine:
+    """One sequence unless asked: sessions then share it, and switching needs a snapshot."""
+    return smollm2_engine(session_state_mib=state_mib, local_parallel=parallel)
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +84,19 @@ def test_without_a_state_budget_switching_re_prefills_the_history() -> None:
             assert f.prefill_tokens is not None and f.prompt_tokens is not None
             # Only the shared system prompt survives a switch.
             assert f.prefill_tokens > f.prompt_tokens - 40
+    finally:
+        engine.close()
+
+
+def test_with_a_sequence_each_sessions_keep_their_cells_without_snapshots() -> None:
+    engine = make_engine(0, parallel=len(TOPICS))
+    try:
+        _, finishes = interleave(engine, rounds=2)
+        for f in finishes[len(TOPICS) :]:
+            assert f.prefill_tokens is not None and f.prompt_tokens is not None
+            assert f.prefill_tokens <= 20, (f.prefill_tokens, f.prompt_tokens)
+        assert engine.sessions.stats["saves"] == 0
+        assert engine.sessions.stats["live"] >= len(TOPICS)
     finally:
         engine.close()
 

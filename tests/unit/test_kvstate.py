@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-from types import SimpleNamespace
 from typing import Any
 
 import llama_cpp
@@ -40,15 +39,11 @@ def fake_llama(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     return seen
 
 
-def _llm(n: int) -> SimpleNamespace:
-    return SimpleNamespace(
-        ctx=object(), input_ids=np.arange(4096, dtype=np.intc), n_tokens=n,
-        _requires_eval=False, reset=lambda: None,
-    )
+CTX = object()
 
 
 def test_capture_keeps_the_buffer_llama_cpp_wrote(fake_llama: dict[str, Any]) -> None:
-    snap = kvstate._capture(_llm(7))
+    snap = kvstate.capture(CTX, 0, list(range(7)))
     assert snap.data.tobytes() == STATE
     assert list(snap.tokens) == list(range(7))
     # The snapshot is the very buffer llama.cpp filled (no bytes() copy under the GIL).
@@ -58,8 +53,41 @@ def test_capture_keeps_the_buffer_llama_cpp_wrote(fake_llama: dict[str, Any]) ->
 
 def test_restore_hands_llama_cpp_the_snapshot_itself(fake_llama: dict[str, Any]) -> None:
     data = np.frombuffer(STATE, dtype=np.uint8).copy()
-    llm = _llm(0)
-    kvstate._restore(llm, Snapshot(np.arange(5, dtype=np.intc), data))
+    assert kvstate.restore(CTX, 0, Snapshot(np.arange(5, dtype=np.intc), data))
     assert fake_llama["set"] == data.ctypes.data  # no from_buffer_copy
     assert fake_llama["set_bytes"] == STATE
-    assert llm.n_tokens == 5 and llm._requires_eval
+
+
+def test_restore_reports_a_cache_without_room(
+    fake_llama: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(llama_cpp, "llama_state_seq_set_data", lambda *a: 0)
+    data = np.frombuffer(STATE, dtype=np.uint8).copy()
+    assert not kvstate.restore(CTX, 0, Snapshot(np.arange(5, dtype=np.intc), data))
+
+
+def _snap(n_bytes: int) -> Snapshot:
+    return Snapshot(np.zeros(0, dtype=np.intc), np.zeros(n_bytes, dtype=np.uint8))
+
+
+def test_session_cache_evicts_the_least_recently_saved_past_its_budget() -> None:
+    cache = kvstate.SessionCache(250)
+    for name in "abc":
+        cache.put(name, _snap(100))
+    assert "a" not in cache and "b" in cache and "c" in cache
+    assert cache.stats["evictions"] == 1
+    assert cache.take("b") is not None and cache.take("b") is None
+    assert cache.stats["restores"] == 1 and cache.stats["misses"] == 1
+    cache.put("big", _snap(300))  # larger than the whole budget: not kept
+    assert "big" not in cache
+
+
+def test_a_forgotten_session_is_not_saved_again_and_is_reported_once() -> None:
+    cache = kvstate.SessionCache(1000)
+    cache.put("a", _snap(10))
+    cache.forget("a")
+    assert "a" not in cache
+    cache.put("a", _snap(10))  # its sequence is saved before the worker has cleared it
+    assert "a" not in cache
+    assert cache.forgotten() == {"a"}
+    assert cache.forgotten() == set()

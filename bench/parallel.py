@@ -1,0 +1,338 @@
+"""``tandem bench parallel``: continuous batching, against one sequence and llama.cpp's server.
+
+Closed-loop load: ``streams`` clients each send ``requests`` chat requests one after another
+(greedy, ``max_tokens`` each, a different question per request). Measured, for every slot count
+S and stream count:
+
+- **engine** (``LocalEngine`` in this process, one context at a time): aggregate decode tokens/s
+  and requests/s, time to first token split into queue wait and prefill (the engine's own
+  timings), time per output token per stream, and the share of each batch step spent outside
+  ``llama_decode`` (sampling, bookkeeping: Python's cost);
+- **llama-server** (llama.cpp's own server, built from the source vendored in the pinned
+  llama-cpp-python by ``make llama-server``; ``-np S --cont-batching``) and **the gateway**
+  (``tandem serve``, route ``local``, ``TANDEM_LOCAL_PARALLEL=S``): the same load over HTTP,
+  non-streamed, tokens counted from ``usage``. Same model, same thread count, same chat
+  template (each renders the GGUF's own).
+
+The baseline is S = 1 at one stream in the same run; every figure is also a ratio to it. A
+Q4_0 variant of the model is made with ``tandem quantize`` (from the Q4_1 file: a requantized
+model, fine for speed, not for quality) so a second quantization kernel is measured too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+from tandem.errors import ConfigError
+from tandem.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+LLAMA_SERVER = ROOT / ".venv" / "llama-server" / "bin" / "llama-server"
+QUESTIONS = [
+    "Describe how a bicycle works.",
+    "Explain why the sky is blue.",
+    "Write a short story about a lighthouse keeper.",
+    "What are the benefits of regular exercise?",
+    "Describe the water cycle.",
+    "How does a refrigerator keep food cold?",
+    "Write a paragraph about autumn in a city.",
+    "Explain what a computer program is.",
+]
+
+
+def _conf(quick: bool) -> dict[str, Any]:
+    if quick:
+        return {"slots": [1, 4], "streams": [1, 4], "requests": 2, "max_tokens": 48,
+                "http_slots": [4], "http_streams": [1, 4]}
+    return {"slots": [1, 2, 4, 8], "streams": [1, 2, 4, 8], "requests": 3, "max_tokens": 64,
+            "http_slots": [1, 4], "http_streams": [1, 4]}
+
+
+def _messages(i: int) -> list[dict[str, str]]:
+    return [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}]
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def _ms(values: list[float]) -> dict[str, float | None]:
+    p50, p99 = _pct(values, 0.5), _pct(values, 0.99)
+    return {"p50_ms": None if p50 is None else round(p50 * 1000, 1),
+            "p99_ms": None if p99 is None else round(p99 * 1000, 1)}
+
+
+# -- the engine in this process -----------------------------------------------------------------
+
+
+def _engine_level(engine: Any, streams: int, conf: dict[str, Any]) -> dict[str, Any]:
+    from tandem.events import Finish, GenerationParams, TokenEvent
+
+    params = GenerationParams(max_tokens=conf["max_tokens"], temperature=0.0)
+    records: list[dict[str, float]] = []
+    lock = threading.Lock()
+
+    def client(k: int) -> None:
+        for r in range(conf["requests"]):
+            started = time.perf_counter()
+            first = None
+            for event in engine.stream_sync(_messages(k * conf["requests"] + r), params):
+                if first is None and isinstance(event, TokenEvent):
+                    first = time.perf_counter() - started
+                if isinstance(event, Finish):
+                    t = event.timings
+                    n = event.completion_tokens
+                    with lock:
+                        records.append({
+                            "tokens": n, "ttft": first or 0.0, "queue": t["queue_s"],
+                            "prefill": t["prefill_s"],
+                            "tpot": t["decode_s"] / (n - 1) if n > 1 else 0.0,
+                        })
+
+    stats = engine._scheduler.stats
+    before = dict(stats)
+    started = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(streams)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - started
+    step_s = stats["step_s"] - before["step_s"]
+    decode_s = stats["decode_s"] - before["decode_s"]
+    tokens = sum(r["tokens"] for r in records)
+    return {
+        "streams": streams,
+        "requests": len(records),
+        "tokens_per_s": round(tokens / wall, 1),
+        "requests_per_s": round(len(records) / wall, 3),
+        "ttft": _ms([r["ttft"] for r in records]),
+        "queue": _ms([r["queue"] for r in records]),
+        "prefill": _ms([r["prefill"] for r in records]),
+        "tpot": _ms([r["tpot"] for r in records if r["tpot"] > 0]),
+        "outside_decode_share": round(1 - decode_s / step_s, 3) if step_s > 0 else None,
+        "steps": stats["steps"] - before["steps"],
+    }
+
+
+def _engine_runs(settings: Settings, model: Path, conf: dict[str, Any],
+                 console: Console) -> list[dict[str, Any]]:
+    from tandem.local.engine import LocalEngine
+    from tandem.tiers import EngineState
+
+    rows = []
+    for slots in conf["slots"]:
+        s = settings.model_copy(update={"local_parallel": slots, "keep_alive_s": None})
+        engine = LocalEngine(s, model)
+        engine.start()
+        try:
+            if engine.wait_ready(180) != EngineState.READY:
+                raise RuntimeError(f"the engine did not load: {engine.last_error}")
+            for streams in conf["streams"]:
+                row = {"slots": slots, **_engine_level(engine, streams, conf)}
+                console.print(f"  engine S={slots} streams={streams}: "
+                              f"{row['tokens_per_s']} tok/s, TTFT p99 {row['ttft']['p99_ms']} ms")
+                rows.append(row)
+        finally:
+            engine.close()
+    return rows
+
+
+# -- HTTP: llama-server and the gateway --------------------------------------------------------
+
+
+async def _http_level(base: str, model: str, streams: int, conf: dict[str, Any]) -> dict[str, Any]:
+    tokens = 0
+    latencies: list[float] = []
+
+    async def client(http: httpx.AsyncClient, k: int) -> None:
+        nonlocal tokens
+        for r in range(conf["requests"]):
+            body = {"model": model, "messages": _messages(k * conf["requests"] + r),
+                    "max_tokens": conf["max_tokens"], "temperature": 0.0}
+            started = time.perf_counter()
+            resp = await http.post(f"{base}/v1/chat/completions", json=body)
+            resp.raise_for_status()
+            latencies.append(time.perf_counter() - started)
+            tokens += resp.json()["usage"]["completion_tokens"]
+
+    async with httpx.AsyncClient(timeout=300) as http:
+        started = time.perf_counter()
+        await asyncio.gather(*(client(http, k) for k in range(streams)))
+        wall = time.perf_counter() - started
+    return {"streams": streams, "requests": len(latencies),
+            "tokens_per_s": round(tokens / wall, 1),
+            "requests_per_s": round(len(latencies) / wall, 3), "latency": _ms(latencies)}
+
+
+def _http_rows(runtime: str, base: str, slots: int, conf: dict[str, Any],
+               console: Console) -> list[dict[str, Any]]:
+    rows = []
+    for streams in conf["http_streams"]:
+        row = {"runtime": runtime, "slots": slots,
+               **asyncio.run(_http_level(base, "local", streams, conf))}
+        console.print(f"  {runtime} S={slots} streams={streams}: {row['tokens_per_s']} tok/s")
+        rows.append(row)
+    return rows
+
+
+def _wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url} exited while starting:\n{log.read_text()[-2000:]}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        time.sleep(0.3)
+    raise RuntimeError(f"{url} was not ready in {timeout_s:.0f} s")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _server_runs(settings: Settings, model: Path, conf: dict[str, Any], workdir: Path,
+                 console: Console) -> list[dict[str, Any]]:
+    from tandem.net import free_port
+
+    rows = []
+    threads = str(settings.n_threads or os.cpu_count() or 1)
+    for slots in conf["http_slots"]:
+        port = free_port()
+        log = workdir / f"llama-server-{slots}.log"
+        cmd = [str(LLAMA_SERVER), "-m", str(model), "--host", "127.0.0.1", "--port", str(port),
+               "-np", str(slots), "-c", str(settings.n_ctx * slots), "--cont-batching",
+               "-t", threads, "-tb", threads, "-b", str(settings.n_batch), "--jinja"]
+        with log.open("wb") as out:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            _wait_http(f"http://127.0.0.1:{port}/health", proc, log)
+            rows += _http_rows("llama-server", f"http://127.0.0.1:{port}", slots, conf, console)
+        finally:
+            _stop(proc)
+    return rows
+
+
+def _gateway_runs(settings: Settings, model: Path, conf: dict[str, Any], workdir: Path,
+                  console: Console) -> list[dict[str, Any]]:
+    from bench.load import _GatewayProcess
+
+    rows = []
+    local = settings.model_copy(update={"local_model": str(model)})
+    for slots in conf["http_slots"]:
+        gw = _GatewayProcess(local, None, workdir, n_ctx=settings.n_ctx,
+                             extra_env={"TANDEM_LOCAL_PARALLEL": str(slots)})
+        try:
+            gw.wait_ready()
+            rows += _http_rows("tandem serve", gw.base, slots, conf, console)
+        finally:
+            gw.stop()
+    return rows
+
+
+# -- the run -------------------------------------------------------------------------------------
+
+
+def _variant(model: Path, workdir: Path, qtype: str) -> Path:
+    from tandem.optimize.quantize import quantize
+
+    out = workdir / f"{model.stem}.{qtype}.gguf"
+    quantize(model, out, qtype, pure=True)
+    return out
+
+
+def _find(rows: list[dict[str, Any]], **where: Any) -> dict[str, Any] | None:
+    return next((r for r in rows if all(r.get(k) == v for k, v in where.items())), None)
+
+
+def _checks(engine: list[dict[str, Any]], http: list[dict[str, Any]]) -> dict[str, Any]:
+    one = _find(engine, slots=1, streams=1)
+    four = _find(engine, slots=4, streams=4)
+    server = _find(http, runtime="llama-server", slots=4, streams=4)
+    gateway = _find(http, runtime="tandem serve", slots=4, streams=4)
+    out: dict[str, Any] = {}
+    if one and four:
+        out["aggregate_4_streams_vs_1"] = round(four["tokens_per_s"] / one["tokens_per_s"], 3)
+        out["ttft_p99_4_vs_p50_1"] = round(four["ttft"]["p99_ms"] / one["ttft"]["p50_ms"], 2)
+    if server and gateway:
+        out["gateway_vs_llama_server_4_streams"] = round(
+            gateway["tokens_per_s"] / server["tokens_per_s"], 3)
+    if four and server:
+        out["engine_vs_llama_server_4_streams"] = round(
+            four["tokens_per_s"] / server["tokens_per_s"], 3)
+    return out
+
+
+def run_parallel_bench(settings: Settings, model: Path, quick: bool, out: Path,
+                       console: Console, variant: str | None = "Q4_0") -> dict[str, Any]:
+    conf = _conf(quick)
+    if not LLAMA_SERVER.is_file():
+        raise ConfigError(f"No llama-server at {LLAMA_SERVER}: build it with `make llama-server`.")
+    result: dict[str, Any] = {"conf": conf, "n_threads": settings.n_threads or os.cpu_count(),
+                              "n_ctx": settings.n_ctx, "models": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        models = {model.stem: model}
+        if variant:
+            models[f"{model.stem}.{variant}"] = _variant(model, workdir, variant)
+        for name, path in models.items():
+            console.print(f"[bold]{name}[/bold]")
+            engine = _engine_runs(settings, path, conf, console)
+            http = _server_runs(settings, path, conf, workdir, console)
+            http += _gateway_runs(settings, path, conf, workdir, console)
+            result["models"][name] = {"engine": engine, "http": http,
+                                      "checks": _checks(engine, http)}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    _print(result, console)
+    return result
+
+
+def _print(result: dict[str, Any], console: Console) -> None:
+    for name, m in result["models"].items():
+        base = _find(m["engine"], slots=1, streams=1)
+        table = Table(title=f"{name}: engine, closed loop (baseline S=1, one stream)")
+        for col in ("S", "streams", "tok/s", "vs base", "req/s", "TTFT p50/p99 ms",
+                    "queue p50/p99", "prefill p50/p99", "TPOT p50/p99", "outside decode"):
+            table.add_column(col)
+        for r in m["engine"]:
+            ratio = r["tokens_per_s"] / base["tokens_per_s"] if base else float("nan")
+            table.add_row(
+                str(r["slots"]), str(r["streams"]), str(r["tokens_per_s"]), f"{ratio:.2f}×",
+                str(r["requests_per_s"]),
+                *(f"{r[k]['p50_ms']} / {r[k]['p99_ms']}" for k in ("ttft", "queue", "prefill",
+                                                                    "tpot")),
+                f"{100 * (r['outside_decode_share'] or 0):.1f} %",
+            )
+        console.print(table)
+        http = Table(title=f"{name}: over HTTP, non-streamed")
+        for col in ("runtime", "S", "streams", "tok/s", "req/s", "latency p50/p99 ms"):
+            http.add_column(col)
+        for r in m["http"]:
+            http.add_row(r["runtime"], str(r["slots"]), str(r["streams"]), str(r["tokens_per_s"]),
+                         str(r["requests_per_s"]),
+                         f"{r['latency']['p50_ms']} / {r['latency']['p99_ms']}")
+        console.print(http)
+        console.print(f"checks: {m['checks']}")
