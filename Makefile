@@ -59,9 +59,9 @@ bench: install
 # llama.cpp's own server, built from the source vendored in the pinned llama-cpp-python with the
 # same flags: the anchor `tandem bench parallel` measures the engine against.
 LLAMA_SERVER_DIR := $(VENV)/llama-server
-llama-server: $(LLAMA_SERVER_DIR)/bin/llama-server
+llama-server: $(LLAMA_SERVER_DIR)/build/bin/llama-server
 
-$(LLAMA_SERVER_DIR)/bin/llama-server: install
+$(LLAMA_SERVER_DIR)/build/bin/llama-server: install
 	rm -rf $(LLAMA_SERVER_DIR)/src && mkdir -p $(LLAMA_SERVER_DIR)/src
 	$(BIN)/python -m pip download --quiet --no-deps --no-binary :all: \
 		--dest $(LLAMA_SERVER_DIR)/src 'llama-cpp-python==$(LLAMA_CPP_VERSION)'
@@ -69,7 +69,7 @@ $(LLAMA_SERVER_DIR)/bin/llama-server: install
 	cmake -S $(LLAMA_SERVER_DIR)/src/llama_cpp_python-$(LLAMA_CPP_VERSION)/vendor/llama.cpp \
 		-B $(LLAMA_SERVER_DIR)/build -G Ninja -DCMAKE_BUILD_TYPE=Release $(LLAMA_CMAKE_ARGS) \
 		-DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_CURL=OFF \
-		-DBUILD_SHARED_LIBS=OFF -DCMAKE_RUNTIME_OUTPUT_DIRECTORY=$(abspath $(LLAMA_SERVER_DIR))/bin
+		-DBUILD_SHARED_LIBS=OFF
 	cmake --build $(LLAMA_SERVER_DIR)/build --target llama-server
 
 clean:

@@ -9,7 +9,8 @@ S and stream count:
   timings), time per output token per stream, and the share of each batch step spent outside
   ``llama_decode`` (sampling, bookkeeping: Python's cost);
 - **llama-server** (llama.cpp's own server, built from the source vendored in the pinned
-  llama-cpp-python by ``make llama-server``; ``-np S --cont-batching``) and **the gateway**
+  llama-cpp-python by ``make llama-server``; ``-np S --cont-batching -fa off`` as the engine
+  runs, and its default ``-fa auto`` for reference) and **the gateway**
   (``tandem serve``, route ``local``, ``TANDEM_LOCAL_PARALLEL=S``): the same load over HTTP,
   non-streamed, tokens counted from ``usage``. Same model, same thread count, same chat
   template (each renders the GGUF's own).
@@ -40,7 +41,7 @@ from tandem.errors import ConfigError
 from tandem.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
-LLAMA_SERVER = ROOT / ".venv" / "llama-server" / "bin" / "llama-server"
+LLAMA_SERVER = ROOT / ".venv" / "llama-server" / "build" / "bin" / "llama-server"
 QUESTIONS = [
     "Describe how a bicycle works.",
     "Explain why the sky is blue.",
@@ -54,10 +55,12 @@ QUESTIONS = [
 
 
 def _conf(quick: bool) -> dict[str, Any]:
+    # The engine's S = 1 comes again last: the baseline is the mean of both runs, and their
+    # difference shows the machine's drift over the run.
     if quick:
-        return {"slots": [1, 4], "streams": [1, 4], "requests": 2, "max_tokens": 48,
+        return {"slots": [1, 4, 1], "streams": [1, 4], "requests": 2, "max_tokens": 48,
                 "http_slots": [4], "http_streams": [1, 4]}
-    return {"slots": [1, 2, 4, 8], "streams": [1, 2, 4, 8], "requests": 3, "max_tokens": 64,
+    return {"slots": [1, 2, 4, 8, 1], "streams": [1, 2, 4, 8], "requests": 3, "max_tokens": 64,
             "http_slots": [1, 4], "http_streams": [1, 4]}
 
 
@@ -144,6 +147,7 @@ def _engine_runs(settings: Settings, model: Path, conf: dict[str, Any],
         try:
             if engine.wait_ready(180) != EngineState.READY:
                 raise RuntimeError(f"the engine did not load: {engine.last_error}")
+            _engine_level(engine, 1, {**conf, "requests": 1})  # untimed: caches, page faults
             for streams in conf["streams"]:
                 row = {"slots": slots, **_engine_level(engine, streams, conf)}
                 console.print(f"  engine S={slots} streams={streams}: "
@@ -219,17 +223,22 @@ def _server_runs(settings: Settings, model: Path, conf: dict[str, Any], workdir:
 
     rows = []
     threads = str(settings.n_threads or os.cpu_count() or 1)
-    for slots in conf["http_slots"]:
+    # Flash attention off, as the engine runs (model.py says why), then llama-server's default
+    # (auto: on for this CPU) at the most slots, for reference.
+    runs = [(slots, "off") for slots in conf["http_slots"]] + [(conf["http_slots"][-1], "auto")]
+    for slots, flash in runs:
         port = free_port()
-        log = workdir / f"llama-server-{slots}.log"
+        log = workdir / f"llama-server-{slots}-{flash}.log"
         cmd = [str(LLAMA_SERVER), "-m", str(model), "--host", "127.0.0.1", "--port", str(port),
                "-np", str(slots), "-c", str(settings.n_ctx * slots), "--cont-batching",
-               "-t", threads, "-tb", threads, "-b", str(settings.n_batch), "--jinja"]
+               "-t", threads, "-tb", threads, "-b", str(settings.n_batch), "--jinja",
+               "-fa", flash]
+        runtime = "llama-server" if flash == "off" else "llama-server -fa auto"
         with log.open("wb") as out:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
         try:
             _wait_http(f"http://127.0.0.1:{port}/health", proc, log)
-            rows += _http_rows("llama-server", f"http://127.0.0.1:{port}", slots, conf, console)
+            rows += _http_rows(runtime, f"http://127.0.0.1:{port}", slots, conf, console)
         finally:
             _stop(proc)
     return rows
@@ -267,14 +276,21 @@ def _find(rows: list[dict[str, Any]], **where: Any) -> dict[str, Any] | None:
     return next((r for r in rows if all(r.get(k) == v for k, v in where.items())), None)
 
 
+def _baseline(engine: list[dict[str, Any]]) -> float:
+    """Tokens/s of S = 1 at one stream: the mean of its runs."""
+    runs = [float(r["tokens_per_s"]) for r in engine if r["slots"] == 1 and r["streams"] == 1]
+    return sum(runs) / len(runs)
+
+
 def _checks(engine: list[dict[str, Any]], http: list[dict[str, Any]]) -> dict[str, Any]:
     one = _find(engine, slots=1, streams=1)
     four = _find(engine, slots=4, streams=4)
+    base = _baseline(engine)
     server = _find(http, runtime="llama-server", slots=4, streams=4)
     gateway = _find(http, runtime="tandem serve", slots=4, streams=4)
     out: dict[str, Any] = {}
     if one and four:
-        out["aggregate_4_streams_vs_1"] = round(four["tokens_per_s"] / one["tokens_per_s"], 3)
+        out["aggregate_4_streams_vs_1"] = round(four["tokens_per_s"] / base, 3)
         out["ttft_p99_4_vs_p50_1"] = round(four["ttft"]["p99_ms"] / one["ttft"]["p50_ms"], 2)
     if server and gateway:
         out["gateway_vs_llama_server_4_streams"] = round(
@@ -312,13 +328,14 @@ def run_parallel_bench(settings: Settings, model: Path, quick: bool, out: Path,
 
 def _print(result: dict[str, Any], console: Console) -> None:
     for name, m in result["models"].items():
-        base = _find(m["engine"], slots=1, streams=1)
-        table = Table(title=f"{name}: engine, closed loop (baseline S=1, one stream)")
+        base = _baseline(m["engine"])
+        table = Table(title=f"{name}: engine, closed loop (baseline: S=1, one stream, mean of "
+                            "its runs)")
         for col in ("S", "streams", "tok/s", "vs base", "req/s", "TTFT p50/p99 ms",
                     "queue p50/p99", "prefill p50/p99", "TPOT p50/p99", "outside decode"):
             table.add_column(col)
         for r in m["engine"]:
-            ratio = r["tokens_per_s"] / base["tokens_per_s"] if base else float("nan")
+            ratio = r["tokens_per_s"] / base
             table.add_row(
                 str(r["slots"]), str(r["streams"]), str(r["tokens_per_s"]), f"{ratio:.2f}×",
                 str(r["requests_per_s"]),

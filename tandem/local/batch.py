@@ -41,8 +41,11 @@ MIN_P = 0.05
 # Prompt tokens a step may add while other streams decode: each step's time grows with its
 # tokens, so an admitted prompt is prefilled in chunks between their tokens.
 PREFILL_CHUNK = 128
-# A prefix held by another slot is copied when it saves at least this many tokens of prefill.
-MIN_SHARED_PREFIX = 16
+# A prefix another slot holds is copied when it saves at least this many tokens of prefill
+# (llama.cpp copies a whole KV stream between sequences, n_ctx cells, whatever the prefix
+# length), and a slot is chosen for its prefix over one that keeps the decoding ids consecutive
+# only from this length on.
+MIN_SHARED_PREFIX = 64
 
 
 @dataclass(frozen=True)
@@ -134,16 +137,29 @@ class Scheduler:
         return True
 
     def _choose(self, idle: list[Slot], tokens: list[int], session: str | None) -> Slot:
-        """The session's own slot; else one no other session holds, sharing the longest
-        prefix, least recently used on a tie. A prefix that only another session's slot holds
-        is copied from it (``_reuse_prefix``), so that session keeps its cells."""
+        """The session's own slot; else one no other session holds: the one holding the
+        longest prefix of the prompt (while others decode, only a long one), else the one that
+        keeps the decoding ids consecutive, else the least recently used.
+
+        llama.cpp decodes the sequences of a batch in one pass only where their ids are
+        consecutive (a KV stream per sequence: ``split_equal`` with ``sequential``); each gap
+        costs one pass more per step. A prefix that only another session's slot holds is
+        copied from it (``_reuse_prefix``), so that session keeps its cells."""
         if session is not None:
             for slot in idle:
                 if slot.session == session:
                     return slot
+        busy = {s.seq for s in self._order}
+
+        def reusable(slot: Slot) -> int:  # while others decode, a short prefix is not worth a gap
+            common = common_prefix(slot.tokens, tokens)
+            return common if not busy or common >= MIN_SHARED_PREFIX else 0
+
+        def new_runs(slot: Slot) -> int:  # how many more runs of consecutive ids
+            return 1 - (slot.seq - 1 in busy) - (slot.seq + 1 in busy)
+
         return max(
-            idle,
-            key=lambda s: (s.session is None, common_prefix(s.tokens, tokens), -s.used_at),
+            idle, key=lambda s: (s.session is None, reusable(s), -new_runs(s), -s.used_at)
         )
 
     def _own(self, slot: Slot, session: str | None) -> None:
@@ -209,7 +225,8 @@ class Scheduler:
         batch = self.batch
         batch.clear()
         self._reap()
-        for slot in self._order:
+        # In sequence order: llama.cpp decodes a run of consecutive ids in one pass.
+        for slot in sorted(self._order, key=lambda s: s.seq):
             g = slot.generation
             assert g is not None
             g.row = -1

@@ -58,7 +58,7 @@ class LoadedModel:
 
         _init_backend()
         model_params = llama_cpp.llama_model_default_params()
-        model_params.load_mode = llama_cpp.LLAMA_LOAD_MODE_MMAP
+        model_params.load_mode = llama_cpp.LLAMA_LOAD_MODE_NONE
         self.model: Any = LlamaModel(path_model=str(path), params=model_params, verbose=False)
         try:
             params = llama_cpp.llama_context_default_params()
@@ -69,6 +69,11 @@ class LoadedModel:
             params.kv_unified = False  # a KV stream per sequence: see the module docstring
             params.n_threads = params.n_threads_batch = n_threads
             params.type_k = params.type_v = kv_type
+            # Off unless a quantized V cache needs it. Its CPU kernel is faster here (SmolLM2,
+            # one stream: 1.2-1.5x) but computes a query differently depending on how the
+            # prompt was split into batches, so an answer from a reused, copied or chunked
+            # prefix would drift from the same answer prefilled at once (measured: a copied
+            # system prompt changed a greedy answer), as with llamafile's tinyBLAS (Makefile).
             params.flash_attn_type = (
                 llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
                 if flash_attn

@@ -126,7 +126,7 @@ def test_a_cancelled_request_frees_its_slot_at_the_next_step(single: LocalEngine
 def test_a_shared_system_prompt_is_copied_from_a_busy_sequence(
     single: LocalEngine, batched: LocalEngine
 ) -> None:
-    system = "You are a careful assistant for a field team. " * 6
+    system = "You are a careful assistant for a field team. " * 12
     params = GenerationParams(max_tokens=40, temperature=0.0)
     stats = batched._scheduler.stats  # type: ignore[union-attr]
     before = stats["shared_prefix_tokens"]

@@ -64,15 +64,27 @@ def test_common_prefix() -> None:
 
 def test_a_request_goes_to_the_slot_holding_the_longest_prefix_of_its_prompt() -> None:
     s = scheduler(3)
-    a = admit(s, list(range(10)))
+    n = MIN_SHARED_PREFIX + 4
+    a = admit(s, list(range(n)))
     finish(s, a)
-    b = admit(s, [100 + i for i in range(30)])
+    b = admit(s, [1000 + i for i in range(30)])
     finish(s, b)
-    follow_up = admit(s, [*range(10), 50, 51])
+    follow_up = admit(s, [*range(n), 50, 51])
     assert follow_up is a
     # The common prefix is not evaluated again; the rest of the prompt is.
     assert follow_up.generation.pending == [50, 51]
-    assert follow_up.tokens == list(range(10))
+    assert follow_up.tokens == list(range(n))
+
+
+def test_without_a_reusable_prefix_the_slot_keeps_the_decoding_ids_consecutive() -> None:
+    s = scheduler(5)
+    slots = [admit(s, [i, 1, 2]) for i in range(3)]
+    assert [slot.seq for slot in slots] == [0, 1, 2]
+    finish(s, slots[1])
+    # A short common prefix (the chat template's opening) is not worth a gap in the ids:
+    # llama.cpp decodes a run of consecutive sequence ids in one pass.
+    again = admit(s, [7, 1, 9])
+    assert again.seq == 1
 
 
 def test_the_last_prompt_token_is_always_evaluated_again() -> None:
