@@ -187,6 +187,7 @@ async def _http_level(base: str, model: str, streams: int, conf: dict[str, Any])
 
 def _http_rows(runtime: str, base: str, slots: int, conf: dict[str, Any],
                console: Console) -> list[dict[str, Any]]:
+    asyncio.run(_http_level(base, "local", 1, {**conf, "requests": 1}))  # untimed: first use
     rows = []
     for streams in conf["http_streams"]:
         row = {"runtime": runtime, "slots": slots,
