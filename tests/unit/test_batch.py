@@ -189,6 +189,23 @@ def test_a_forgotten_session_loses_its_idle_cells() -> None:
     assert again.generation.pending == [1, 2, 3, 4]
 
 
+def test_the_engine_decodes_fewer_sequences_when_the_ram_budget_is_tight() -> None:
+    from tandem.catalog import resolve_model
+    from tandem.local.engine import LocalEngine
+    from tandem.local.memory import plan_memory
+    from tandem.settings import Settings
+
+    path, fmt = resolve_model("smollm2")
+    two, four = (plan_memory(path, 2048, flash_attn=False, n_seq=n) for n in (2, 4))
+    budget = (two.total_bytes + four.total_bytes) / 2 / 2**20
+    engine = LocalEngine(Settings(n_ctx=2048, ram_budget_mib=budget), path, fmt)
+    assert engine._memory_plan().n_seq == 2
+    roomy = LocalEngine(Settings(n_ctx=2048), path, fmt)
+    assert roomy._memory_plan().n_seq == 4
+    pinned = LocalEngine(Settings(n_ctx=2048, local_parallel=3), path, fmt)
+    assert pinned._memory_plan().n_seq == 3
+
+
 def test_a_batch_row_is_the_last_token_of_each_run() -> None:
     b = Batch(8)
     assert b.add([5, 6, 7], start=10, seq=1, last_logits=True) == 2

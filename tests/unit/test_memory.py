@@ -140,6 +140,14 @@ def test_kv_cache_is_linear_in_context(smol_path: Path, smol_shape: ModelShape) 
     assert one.weights_bytes == two.weights_bytes == smol_shape.weights_bytes
 
 
+def test_each_sequence_adds_a_kv_stream_of_the_window(smol_path: Path) -> None:
+    one, four = plan_memory(smol_path, 2048), plan_memory(smol_path, 2048, n_seq=4)
+    assert four.kv_cache_bytes == 4 * one.kv_cache_bytes
+    assert four.kv_cache_bytes == 180 * MIB  # what llama.cpp allocates for 4 × 2048 cells
+    assert four.overhead_bytes > one.overhead_bytes  # a row of logits per sequence
+    assert four.n_seq == 4 and four.to_dict()["n_seq"] == 4
+
+
 def test_quantized_kv_is_smaller(smol_path: Path) -> None:
     f16, q8, q4 = (plan_memory(smol_path, 4096, kv) for kv in KV_TYPES)
     assert q4.kv_cache_bytes < q8.kv_cache_bytes < f16.kv_cache_bytes
