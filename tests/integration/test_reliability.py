@@ -47,7 +47,7 @@ def test_offline_from_start_up_serves_locally_with_one_clear_log_line() -> None:
         for line in log.splitlines()
         if any(w in line for w in ("Traceback", "ERROR", "Error", "WARNING", "connect"))
     ]
-    assert len(problems) == 1, problems
+    assert len(problems) == 1, (problems, log[-3000:])
     assert dead.removesuffix("/v1") in problems[0]
     assert "local model" in problems[0]
 
