@@ -114,7 +114,6 @@ class LocalEngine:
         self._held: _Job | None = None  # taken from the queue, waiting for a free slot
         self._stopping = False
         self.plan: MemoryPlan | None = None  # the memory plan of the loaded context
-        self.n_seq = 1  # sequences of the loaded context (set when the model loads)
 
     @property
     def n_ctx(self) -> int:
@@ -126,6 +125,11 @@ class LocalEngine:
         scheduler = self._scheduler
         running = scheduler.active if scheduler is not None else 0
         return self._queue.qsize() + running + int(self._held is not None)
+
+    @property
+    def n_seq(self) -> int:
+        """Sequences of the context (the last one loaded)."""
+        return 1 if self.plan is None else self.plan.n_seq
 
     @property
     def busy(self) -> bool:
@@ -319,7 +323,8 @@ class LocalEngine:
                 return
             self._load()
             while self._next():
-                if self._scheduler is not None and self._scheduler.active:
+                if self.busy:
+                    assert self._scheduler is not None
                     self._scheduler.step()
         except BaseException as exc:
             self._worker_died(exc)
@@ -332,7 +337,7 @@ class LocalEngine:
                 if not self._admit(self._held):
                     return True  # no slot yet: it waits while the others decode
                 self._held = None
-            decoding = self._scheduler is not None and self._scheduler.active > 0
+            decoding = self.busy
             try:
                 item = (
                     self._queue.get_nowait()
@@ -463,7 +468,6 @@ class LocalEngine:
                 kv_type=ggml_kv_type(s.kv_type),
                 flash_attn=needs_flash_attn(s.kv_type),
             )
-            self.n_seq = plan.n_seq
             self._renderer = PromptRenderer.for_model(llm.model, self._chat_format)
             reader = LogitReader(llm.ctx, llm.model.vocab, llm.n_vocab)
             self._scheduler = Scheduler(llm, reader, self.sessions)
@@ -500,23 +504,32 @@ class LocalEngine:
         the RAM budget holds; raises when not even one fits."""
         s = self._settings
         budget = None if s.ram_budget_mib is None else int(s.ram_budget_mib * 2**20)
-        choices = [s.local_parallel] if s.local_parallel else [DEFAULT_PARALLEL, 2, 1]
-        for n_seq in choices:
+        *larger, last = [s.local_parallel] if s.local_parallel else [DEFAULT_PARALLEL, 2, 1]
+        for n_seq in larger:
             plan = plan_memory(self.model_path, s.n_ctx, s.kv_type, s.n_batch, n_seq=n_seq)
-            if budget is None or plan.fits(budget) or n_seq == choices[-1]:
-                check_budget(plan, budget)
+            if budget is None or plan.fits(budget):
                 return plan
-        raise AssertionError("unreachable")
+        plan = plan_memory(self.model_path, s.n_ctx, s.kv_type, s.n_batch, n_seq=last)
+        check_budget(plan, budget)
+        return plan
 
     def _warm_up(self) -> None:
         """One short generation: touches the weights and allocates the compute buffers."""
         assert self._scheduler is not None
+        failed: list[BaseException] = []
+
+        def sink(item: LocalEvent | BaseException | None) -> None:
+            if isinstance(item, BaseException):
+                failed.append(item)  # the load fails with it, as a failed generation would
+
         params = GenerationParams(max_tokens=1, temperature=0.0)
-        job = _Job([{"role": "user", "content": "Hi"}], params, "", lambda _: None)
+        job = _Job([{"role": "user", "content": "Hi"}], params, "", sink)
         if not self._admit(job):
             raise RuntimeError("the warm-up found no free sequence")
         while self._scheduler.active:
             self._scheduler.step()
+        if failed:
+            raise failed[0]
 
     def _unload(self) -> None:
         self.sessions.clear()
