@@ -37,6 +37,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
+from bench.load_stats import _pcts_ms
 from tandem.errors import ConfigError
 from tandem.settings import Settings
 
@@ -68,17 +69,13 @@ def _messages(i: int) -> list[dict[str, str]]:
     return [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}]
 
 
-def _pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
 def _ms(values: list[float]) -> dict[str, float | None]:
-    p50, p99 = _pct(values, 0.5), _pct(values, 0.99)
-    return {"p50_ms": None if p50 is None else round(p50 * 1000, 1),
-            "p99_ms": None if p99 is None else round(p99 * 1000, 1)}
+    """p50 and p99 in ms, rounded (``tandem bench load``'s percentiles)."""
+    out: dict[str, float | None] = {}
+    for q, value in _pcts_ms(values).items():
+        if q in ("p50", "p99"):
+            out[f"{q}_ms"] = None if value is None else round(value, 1)
+    return out
 
 
 # -- the engine in this process -----------------------------------------------------------------
