@@ -102,10 +102,6 @@ class Scheduler:
     def active(self) -> int:
         return len(self._order)
 
-    @property
-    def has_room(self) -> bool:
-        return self.active < len(self.slots)
-
     # -- admission ----------------------------------------------------------------------
 
     def admit(self, job: _Job, prepared: Prepared) -> bool:

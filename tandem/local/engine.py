@@ -353,7 +353,7 @@ class LocalEngine:
                     self._load()  # the retry is due
                 continue
             if item is None:
-                self._stop_requests()
+                self._fail_running(ModelLoadError("The local engine is shutting down."))
                 return False
             if item is _WAKE:
                 if self._llm is None:
@@ -361,8 +361,8 @@ class LocalEngine:
                 continue
             self._held = item
 
-    def _stop_requests(self) -> None:
-        error = ModelLoadError("The local engine is shutting down.")
+    def _fail_running(self, error: BaseException) -> None:
+        """End the decoding jobs and the one waiting for a slot with ``error``."""
         if self._scheduler is not None:
             self._scheduler.fail_all(error)
         if self._held is not None:
@@ -402,11 +402,7 @@ class LocalEngine:
             self._unload()
         self.last_error = f"the worker thread died ({type(exc).__name__}: {exc})"
         error = self._unavailable()
-        if self._scheduler is not None:
-            self._scheduler.fail_all(error)
-        if self._held is not None:
-            self._held.end(error)
-            self._held = None
+        self._fail_running(error)
         self._llm = self._scheduler = self._renderer = self._vocabulary = None
         with self._lock:
             self._mark_failed()
