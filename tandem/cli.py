@@ -33,10 +33,11 @@ def _cloud_tier(settings: Settings) -> Iterator[Settings]:
     if settings.cloud_url or not settings.standin:
         yield settings
         return
-    from tandem.cloud.standin import StandinCloud
+    from tandem.cloud.standin import standin_from_settings
 
-    console.print(f"[dim]Starting the stand-in cloud ({settings.standin_model})…[/dim]")
-    with StandinCloud.from_settings(settings) as standin:
+    standin = standin_from_settings(settings)
+    console.print(f"[dim]Starting the stand-in cloud ({standin.model})…[/dim]")
+    with standin:
         yield settings.model_copy(update=standin.gateway_settings())
 
 
@@ -139,13 +140,26 @@ def chat(
 @app.command("standin-cloud")
 def standin_cloud(
     port: Annotated[int | None, typer.Option(help="Port on 127.0.0.1")] = None,
+    engine: Annotated[
+        str | None,
+        typer.Option(help="llama_cpp (llama_cpp.server) or vllm (a vLLM server: `make vllm`)"),
+    ] = None,
 ) -> None:
-    """Run the stand-in cloud (llama_cpp.server with the bundled Gemma model) until Ctrl-C."""
-    from tandem.cloud.standin import StandinCloud
+    """Run the stand-in cloud (llama_cpp.server, or vLLM) on loopback until Ctrl-C."""
+    from tandem.cloud.standin import standin_from_settings
 
-    settings = load_settings(standin_port=port)
-    standin = StandinCloud.from_settings(settings)
-    console.print(f"Stand-in cloud starting on 127.0.0.1:{settings.standin_port} …")
+    settings = load_settings(standin_port=port, standin_engine=engine)
+    standin = standin_from_settings(settings)
+    console.print(f"Stand-in cloud ({standin.kind}, {standin.model}) starting on "
+                  f"127.0.0.1:{settings.standin_port} …")
+    if settings.standin_engine == "vllm" and settings.cloud_api_key is None:
+        # The server always wants a key; one made up here is shown once, for the gateway.
+        key = standin.gateway_settings()["cloud_api_key"].get_secret_value()
+        console.print(
+            "It takes the API key made up for this run; point a gateway at it with\n"
+            f"  TANDEM_CLOUD_API_KEY={key} TANDEM_CLOUD_N_CTX={settings.standin_n_ctx} "
+            f"tandem serve --cloud-url http://127.0.0.1:{settings.standin_port}/v1"
+        )
     standin.run_forever()
 
 

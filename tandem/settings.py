@@ -176,6 +176,21 @@ class Settings(BaseSettings):
     standin_model: str = "qwen2.5-coder-1.5b"
     standin_port: int = Field(8081, ge=1, le=65535)
     standin_n_ctx: int = Field(2048, ge=64)
+    standin_engine: Literal["llama_cpp", "vllm"] = Field(
+        "llama_cpp",
+        description="The stand-in's server: llama_cpp.server, or vLLM (`make vllm` installs it)",
+    )
+    vllm_model: str = Field(
+        "smollm2", description="What a vLLM stand-in serves: a bundled model, a GGUF file or a "
+        "Hugging Face checkpoint folder"
+    )
+    vllm_python: Path | None = Field(
+        None, description="The Python with vLLM installed (default: the vllm folder inside "
+        "this environment, where `make vllm` puts it)"
+    )
+    vllm_kv_cache_gib: float = Field(
+        1.0, gt=0, description="Memory a vLLM stand-in gives its KV cache (VLLM_CPU_KVCACHE_SPACE)"
+    )
 
     # Files: models, evaluation data, caches
     models_dir: Path | None = Field(
