@@ -22,6 +22,8 @@ BenchOut = Annotated[
 RoutingConfigOpt = Annotated[Path | None, typer.Option(
     "--config", help="Routing config (default: the shipped one)")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print the JSON result")]
+CloudEngine = Annotated[str | None, typer.Option(
+    help="The stand-in cloud's server: llama_cpp (llama_cpp.server) or vllm (`make vllm`)")]
 DataDirOpt = Annotated[Path | None, typer.Option(
     help="Evaluation data folder (default: $TANDEM_DATA_DIR or ../shared/data)")]
 
@@ -238,6 +240,7 @@ def bench_extraction(
 @bench_app.command("faults")
 def bench_faults(
     quick: Annotated[bool, typer.Option(help="6 requests per fault instead of 30")] = False,
+    cloud_engine: CloudEngine = None,
     as_json: AsJson = False,
     out: BenchOut = None,
 ) -> None:
@@ -245,7 +248,9 @@ def bench_faults(
     from bench.faults import run_faults_bench
 
     result = run_faults_bench(
-        load_settings(), quick=quick, out=out or _results("faults"), console=console
+        load_settings(standin_engine=cloud_engine), quick=quick,
+        out=out or _results("faults" if cloud_engine != "vllm" else "faults_vllm"),
+        console=console,
     )
     _emit(result, as_json)
 
@@ -295,14 +300,18 @@ def bench_load(
 @bench_app.command("handoff")
 def bench_handoff(
     quick: Annotated[bool, typer.Option(help="One short conversation, fewer sessions")] = False,
+    cloud_engine: CloudEngine = None,
     as_json: AsJson = False,
     out: BenchOut = None,
 ) -> None:
-    """Sessions across tiers: local prefill vs a naive gateway, and session-switch cost."""
+    """Sessions across tiers: local prefill vs a naive gateway, the cloud's prefix cache, and
+    session-switch cost."""
     from bench.handoff import run_handoff_bench
 
     result = run_handoff_bench(
-        load_settings(), quick=quick, out=out or _results("handoff"), console=console
+        load_settings(standin_engine=cloud_engine), quick=quick,
+        out=out or _results("handoff" if cloud_engine != "vllm" else "handoff_vllm"),
+        console=console,
     )
     _emit(result, as_json)
 

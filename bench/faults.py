@@ -103,13 +103,13 @@ def run_faults_bench(
 ) -> dict[str, Any]:
     from fastapi.testclient import TestClient
 
-    from tandem.cloud.standin import StandinCloud
+    from tandem.cloud.standin import standin_from_settings
     from tandem.server import create_app
 
     n = 6 if quick else 30
     results: dict[str, Any] = {}
     with (
-        StandinCloud.from_settings(settings, port=0) as standin,
+        standin_from_settings(settings, port=0) as standin,
         tempfile.TemporaryDirectory() as tmp,
     ):
         url = urlparse(standin.base_url)
@@ -117,6 +117,7 @@ def run_faults_bench(
         with FaultProxy(url.hostname, url.port) as proxy:
             gateway_settings = settings.model_copy(
                 update={
+                    **standin.gateway_settings(),
                     "n_ctx": 1024,
                     "keep_alive_s": None,
                     "sessions_db": Path(tmp) / "s.db",
@@ -143,6 +144,7 @@ def run_faults_bench(
         "bench": "faults",
         "quick": quick,
         "requests_per_fault": n,
+        "cloud_engine": settings.standin_engine,
         "deadline_s": DEADLINE_S,
         "faults": results,
         "silent_truncations": sum(r["silent_truncations"] for r in results.values()),

@@ -8,6 +8,13 @@ reports the tokens llama.cpp prefilled against the tokens the local model had no
 baseline measured in the same run: a naive gateway that re-prefills the whole history (the same
 messages replayed on a cleared KV cache).
 
+For every cloud turn after a conversation's first it reports what the cloud's own prefix cache
+did: ``usage.prompt_tokens_details.cached_tokens`` against the prompt tokens the previous cloud
+turn had sent (all of which are a prefix of this turn's prompt), and, against vLLM
+(``--cloud-engine vllm``), the cloud's time to first token for the same conversation sent
+straight to vLLM under a fresh ``cache_salt`` (the prefix cache as good as cleared) in the same
+run.
+
 Part 2 (switch): 8 sessions with some history each, served round-robin, so every turn switches
 sessions. Time to first token with KV snapshots kept (the session state budget) against the same
 turns with snapshots off (every switch re-prefills the history), in the same run.
@@ -20,6 +27,7 @@ import json
 import statistics
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +39,12 @@ from tandem.settings import Settings
 from tandem.tiers import EngineState
 from tandem.turn import RouteInfo, RoutePreference, Turn
 
+# After each request vLLM's workers poll their shared-memory queue in a busy loop for a second
+# (vllm/distributed/device_communicators/shm_broadcast.py, busy_loop_s=1). On these 2 cores
+# that starves the local model beside it (a local prefill of 140 tokens took 1.2 s instead of
+# 0.15 s right after a cloud turn); a cloud on its own machine costs the device nothing. The
+# bench lets that second pass before the next turn when vLLM runs here.
+VLLM_BUSY_LOOP_S = 1.2
 MT_BENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "mt_bench_questions.jsonl"
 FOLLOW_UPS = [
     "Can you make that shorter?",
@@ -66,7 +80,7 @@ class _Harness:
     """The real session path in process (the runtime ``tandem serve`` uses), with the engine
     reachable for the naive baseline."""
 
-    def __init__(self, runtime: Runtime):
+    def __init__(self, runtime: Runtime, cloud: dict[str, Any]):
         from tandem.local.engine import LocalEngine
 
         engine = runtime.gateway.local
@@ -74,18 +88,18 @@ class _Harness:
         self.runtime = runtime
         self.engine = engine
         self.service = runtime.sessions
+        self.cloud = cloud  # the cloud's gateway settings: URL, key, dialect
 
     @classmethod
-    async def open(cls, settings: Settings, cloud_url: str, db: Path) -> _Harness:
-        update = {"cloud_url": cloud_url, "cloud_fallback_urls": [], "sessions_db": db,
-                  "sessions": True}
+    async def open(cls, settings: Settings, cloud: dict[str, Any], db: Path) -> _Harness:
+        update = {**cloud, "cloud_fallback_urls": [], "sessions_db": db, "sessions": True}
         runtime = Runtime(settings.model_copy(update=update))
         await runtime.start()
         await runtime.wait_local_ready(120)
         if runtime.gateway.local.state != EngineState.READY:
             await runtime.aclose()
             raise RuntimeError(f"the local model did not load: {runtime.gateway.local.health()}")
-        return cls(runtime)
+        return cls(runtime, cloud)
 
     async def turn(
         self, session: str, text: str, route: RoutePreference, max_tokens: int
@@ -110,18 +124,39 @@ class _Harness:
             "prompt_tokens": finish.prompt_tokens,
             "completion_tokens": finish.completion_tokens,
             "prefill_tokens": finish.prefill_tokens,
+            "cached_tokens": finish.cached_tokens,
         }
+
+    async def cloud_cold(self, session: str) -> float:
+        """The cloud's time to first token for the session's last cloud prompt sent straight to
+        it under a fresh ``cache_salt``: vLLM keys its prefix cache by the salt, so nothing of
+        the conversation is cached (its cache as good as cleared, for this one request)."""
+        import httpx
+
+        context = self.service.store.context(session).messages[:-1]  # up to the last question
+        key = self.cloud.get("cloud_api_key")
+        headers = {} if key is None else {"Authorization": f"Bearer {key.get_secret_value()}"}
+        body = {"model": self.runtime.settings.cloud_model, "messages": context, "stream": True,
+                "max_tokens": 1, "temperature": 0.0, "cache_salt": uuid.uuid4().hex}
+        url = f"{self.cloud['cloud_url']}/chat/completions"
+        async with httpx.AsyncClient(timeout=120) as http:
+            started = time.perf_counter()
+            async with http.stream("POST", url, json=body, headers=headers) as r:
+                r.raise_for_status()
+                async for line in r.aiter_lines():
+                    if line.startswith("data:") and '"content"' in line:
+                        return time.perf_counter() - started
+        raise RuntimeError("the cloud sent no token")
 
     def naive(self, session: str) -> dict[str, Any]:
         """The session's last local prompt replayed on a cleared cache: what a gateway without
         KV reuse prefills and waits for."""
-        context = self.service.store.context(session).messages[:-1]  # up to the last question
-        # Take the context over (the session's cache is saved as a snapshot), then clear it.
+        # Up to the last question, under a system prompt of its own: the engine copies a long
+        # enough prefix from any of its sequences (the session's own is still live in its
+        # slot), and a prompt that differs from its third token on shares none.
+        context = [{"role": "system", "content": f"Replay {uuid.uuid4().hex}."},
+                   *self.service.store.context(session).messages[:-1]]
         params = GenerationParams(max_tokens=1, temperature=0.0)
-        for _ in self.engine.stream_sync(
-            [{"role": "user", "content": "."}], params, session="naive"
-        ):
-            pass
         self.engine.forget("naive")
         started = time.perf_counter()
         first = None
@@ -142,11 +177,12 @@ class _Harness:
         await self.runtime.aclose()
 
 
-async def _handoff(h: _Harness, conf: dict[str, int]) -> list[dict[str, Any]]:
+async def _handoff(h: _Harness, conf: dict[str, int], salted: bool) -> list[dict[str, Any]]:
     rows = []
     for c, questions in enumerate(load_conversations(MT_BENCH, conf["conversations"], 10)):
         session = f"handoff-{c}"
         seen = 0  # tokens in the local KV after the local model's previous answer
+        sent = 0  # prompt tokens of the previous cloud request
         for t, text in enumerate(questions[: conf["turns"]]):
             route = RoutePreference.LOCAL if t % 2 == 0 else RoutePreference.CLOUD
             row = {
@@ -160,6 +196,17 @@ async def _handoff(h: _Harness, conf: dict[str, int]) -> list[dict[str, Any]]:
                 row.update(h.naive(session))
                 row["prefill_over_new"] = row["prefill_tokens"] / max(row["new_tokens"], 1)
                 row["naive_over_new"] = row["naive_prefill_tokens"] / max(row["new_tokens"], 1)
+            elif row["tier"] == "cloud":
+                if sent:
+                    # vLLM caches its own answer too: more than was sent may be cached.
+                    row["sent_before"] = sent
+                    row["cached_share"] = min(row["cached_tokens"] or 0, sent) / sent
+                    if salted:
+                        row["cold_ttft_s"] = await h.cloud_cold(session)
+                        row["ttft_over_cold"] = row["ttft_s"] / row["cold_ttft_s"]
+                sent = row["prompt_tokens"]
+                if salted:
+                    await asyncio.sleep(VLLM_BUSY_LOOP_S)
             rows.append(row)
     return rows
 
@@ -217,20 +264,25 @@ async def _switch(h: _Harness, conf: dict[str, int], max_tokens: int) -> dict[st
 def run_handoff_bench(
     settings: Settings, quick: bool, out: Path, console: Console
 ) -> dict[str, Any]:
-    from tandem.cloud.standin import StandinCloud
+    from tandem.cloud.standin import standin_from_settings
 
     conf = _conf(quick)
-    settings = settings.model_copy(update={"n_ctx": 4096, "keep_alive_s": None})
-    console.print("[dim]Starting the stand-in cloud and the local model…[/dim]")
+    # The stand-in's window holds the longest conversation (10 turns of MT-Bench).
+    settings = settings.model_copy(
+        update={"n_ctx": 4096, "keep_alive_s": None, "standin_n_ctx": 4096}
+    )
+    salted = settings.standin_engine == "vllm"
+    console.print(f"[dim]Starting the stand-in cloud ({settings.standin_engine}) and the local "
+                  "model…[/dim]")
     with (
-        StandinCloud.from_settings(settings, port=0) as standin,
+        standin_from_settings(settings, port=0) as standin,
         tempfile.TemporaryDirectory() as d,
     ):
 
         async def main() -> dict[str, Any]:
-            h = await _Harness.open(settings, standin.base_url, Path(d) / "bench.db")
+            h = await _Harness.open(settings, standin.gateway_settings(), Path(d) / "bench.db")
             try:
-                rows = await _handoff(h, conf)
+                rows = await _handoff(h, conf, salted)
                 switch = await _switch(h, conf, conf["max_tokens"])
             finally:
                 await h.close()
@@ -240,7 +292,8 @@ def run_handoff_bench(
     result = {
         "bench": "handoff",
         "quick": quick,
-        "config": {**conf, "n_ctx": settings.n_ctx, "model": settings.local_model},
+        "config": {**conf, "n_ctx": settings.n_ctx, "model": settings.local_model,
+                   "cloud_engine": settings.standin_engine, "cloud_model": standin.model},
         "summary": _summary(measured["rows"], measured["switch"]),
         **measured,
     }
@@ -266,7 +319,30 @@ def _summary(rows: list[dict[str, Any]], switch: dict[str, Any]) -> dict[str, An
             for t, rs in by_turn.items()
         },
         "switch_cost_ratio": switch["switch_cost_ratio"],
+        **_cloud_summary(rows),
     }
+
+
+def _cloud_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The cloud's prefix cache per turn: the share of the previous cloud prompt it found
+    cached, and its time to first token against the same prompt with nothing cached."""
+    later = [r for r in rows if r["tier"] == "cloud" and "cached_share" in r]
+    if not later:
+        return {}
+    by_turn: dict[int, list[dict[str, Any]]] = {}
+    for r in later:
+        by_turn.setdefault(r["turn"], []).append(r)
+    out: dict[str, Any] = {
+        "cloud_min_cached_share": min(r["cached_share"] for r in later),
+        "cloud_cached_share_by_turn": {
+            t: statistics.median(r["cached_share"] for r in rs) for t, rs in by_turn.items()
+        },
+    }
+    if all("ttft_over_cold" in r for r in later):
+        out["cloud_ttft_over_cold_by_turn"] = {
+            t: statistics.median(r["ttft_over_cold"] for r in rs) for t, rs in by_turn.items()
+        }
+    return out
 
 
 def _print(result: dict[str, Any], console: Console) -> None:
@@ -289,6 +365,7 @@ def _print(result: dict[str, Any], console: Console) -> None:
             f"{r['naive_ttft_s'] * 1000:.0f}",
         )
     console.print(table)
+    _print_cloud(result, console)
     s, sw = result["summary"], result["switch"]
     console.print(
         f"prefill/new: max {s['max_prefill_over_new']:.2f}, median "
@@ -302,3 +379,24 @@ def _print(result: dict[str, Any], console: Console) -> None:
         f"{sw['re_prefill_median_prompt_tokens']:.0f} tokens): ratio "
         f"{sw['switch_cost_ratio']:.2f}; snapshots hold {sw['state_bytes_used'] / 2**20:.1f} MiB"
     )
+
+
+def _print_cloud(result: dict[str, Any], console: Console) -> None:
+    from rich.table import Table
+
+    rows = [r for r in result["rows"] if r["tier"] == "cloud"]
+    table = Table(title=f"handoff: cloud turns ({result['config']['cloud_engine']} prefix cache)")
+    for col in ("conv", "turn", "prompt", "sent before", "cached", "cached/sent", "ttft ms",
+                "cold ttft ms", "ttft/cold"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        cold = r.get("cold_ttft_s")
+        table.add_row(
+            str(r["conversation"]), str(r["turn"]), str(r["prompt_tokens"]),
+            str(r.get("sent_before", "-")), str(r["cached_tokens"]),
+            f"{r['cached_share']:.2f}" if "cached_share" in r else "-",
+            f"{r['ttft_s'] * 1000:.0f}",
+            "-" if cold is None else f"{cold * 1000:.0f}",
+            f"{r['ttft_over_cold']:.2f}" if "ttft_over_cold" in r else "-",
+        )
+    console.print(table)

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import aclosing
 from dataclasses import replace
 from typing import Any
 
-from tandem.errors import CloudError, InvalidRequestError, TandemError
+from tandem.errors import CloudError, ContextLengthError, InvalidRequestError, TandemError
 from tandem.events import Finish, StreamEvent, ToolCallDelta
 from tandem.local.chat import Message
 from tandem.local.toolcalls import as_tool_calls
@@ -46,6 +47,10 @@ from tandem.turn import GatewayEvent, RouteInfo, RoutePreference, Turn, last_use
 
 log = logging.getLogger("tandem.gateway")
 
+# The cloud's own token count is asked for (one round trip) only when the local tokenizer's
+# estimate of the cloud-bound prompt comes within this share of the cloud's budget: the
+# tokenizers of two models differ by tens of percent, rarely by half.
+CLOUD_COUNT_FROM = 0.5
 # Characters per token used to estimate a prompt's size when no tokenizer is at hand.
 CHARS_PER_TOKEN = 3.0
 
@@ -100,7 +105,7 @@ class Gateway:
             local_model=self.local.model_name,
             local_n_ctx=self.local.n_ctx,
             cloud_model=None if cloud is None else cloud.model,
-            cloud_n_ctx=self._cloud_n_ctx,
+            cloud_n_ctx=self._cloud_window(),
             local_fim=turn.fills_middle and self.local.fim,
             local_tools=turn.calls_tools and self.local.tools,
             cloud_fim=self._cloud_fim,
@@ -165,7 +170,7 @@ class Gateway:
             return
         shield = None
         if route.tier == Tier.CLOUD:
-            shield = await self._shield(turn, messages)
+            route, shield = await self._shield_fitted(turn, messages, route)
             need = cloud_only(turn, self._situation(turn, 0)) if shield is None else None
             if need is not None:
                 raise InvalidRequestError(
@@ -224,7 +229,7 @@ class Gateway:
         if reason is None or not may_escalate or self.cloud is None or not self.cloud.available:
             raise exc
         messages, info = await self._fit(turn, self._cloud(reason))
-        shield = await self._shield(turn, messages)
+        info, shield = await self._shield_fitted(turn, messages, info)
         if shield is None:
             raise exc
         log.info("local tier failed (%s: %s); the cloud answers", exc.code, exc.message)
@@ -300,8 +305,56 @@ class Gateway:
     ) -> tuple[RouteInfo, CloudShield] | None:
         """The cascade's escalation: the cloud route and shield, or None (it stays local)."""
         messages, route = await self._fit(turn, self._cloud(reason))
-        shield = await self._shield(turn, messages)
+        route, shield = await self._shield_fitted(turn, messages, route)
         return None if shield is None else (route, shield)
+
+    def _cloud_window(self) -> int:
+        """The cloud's window: ``cloud_n_ctx``, or less where the server says it serves less."""
+        served = None if self.cloud is None else self.cloud.window_tokens
+        return self._cloud_n_ctx if served is None else min(self._cloud_n_ctx, served)
+
+    def _cloud_budget(self, turn: Turn) -> int:
+        window = self._cloud_window()
+        return window - min(turn.params.max_tokens, window // 4)
+
+    async def _shield_fitted(
+        self, turn: Turn, messages: list[Message], route: RouteInfo
+    ) -> tuple[RouteInfo, CloudShield | None]:
+        """The cloud-bound form of ``messages`` (None: they stay local), checked against the
+        cloud's own token count where it offers one (vLLM's ``/tokenize``) and the local
+        estimate comes near the cloud's window: a session's older exchanges are dropped until
+        the cloud's count fits; a prompt that is not a session's is refused. Only the shielded
+        messages are counted: nothing reaches the cloud that would not be sent anyway."""
+        shield = await self._shield(turn, messages)
+        if shield is None or self.cloud is None:
+            return route, shield
+        estimate = await asyncio.to_thread(self._prompt_tokens, shield.messages)
+        if estimate < CLOUD_COUNT_FROM * self._cloud_budget(turn):
+            return route, shield
+        counted = await self.cloud.count_tokens(shield.messages)
+        budget = self._cloud_budget(turn)  # the count may have told the window
+        if counted is None or counted.tokens <= budget:
+            return route, shield
+        if turn.context_starts is None:
+            raise ContextLengthError(
+                f"The prompt is {counted.tokens} tokens by the cloud's own count "
+                f"({self.cloud.model}); its window allows {budget} with room for the answer. "
+                "Send a shorter prompt or lower max_tokens.",
+                param="messages",
+            )
+        scale = counted.tokens / max(estimate, 1)  # the cloud's tokens per local token
+
+        def count(some: Sequence[Message]) -> int:
+            return math.ceil(self._prompt_tokens(some) * scale)
+
+        start = turn.context_starts.get(Tier.CLOUD.value, 0)
+        fitted = await asyncio.to_thread(
+            fit_window, turn.messages, count, self._cloud_window(), turn.params.max_tokens, start
+        )
+        if fitted.dropped > route.dropped:
+            self.metrics.count_trimmed(Tier.CLOUD.value, fitted.dropped - route.dropped)
+        shield = await self._shield(turn, fitted.messages)
+        return replace(route, start=fitted.start, dropped=fitted.dropped), shield
 
     async def _shield(self, turn: Turn, messages: list[Message]) -> CloudShield | None:
         assert self._shielded is not None
@@ -332,7 +385,7 @@ class Gateway:
         Trimming renders and tokenizes the history several times: on a worker thread."""
         if turn.context_starts is None:
             return list(turn.messages), route
-        window = self.local.n_ctx if route.tier == Tier.LOCAL else self._cloud_n_ctx
+        window = self.local.n_ctx if route.tier == Tier.LOCAL else self._cloud_window()
         start = turn.context_starts.get(route.tier.value, 0)
         fitted = await asyncio.to_thread(
             fit_window, turn.messages, self._prompt_tokens, window, turn.params.max_tokens, start

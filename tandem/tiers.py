@@ -6,12 +6,12 @@ lifecycle (``start``/``aclose``) is part of it, never reached with ``getattr``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from enum import StrEnum
 from typing import Any, Protocol
 
 from tandem.cloud.breaker import CircuitBreaker
-from tandem.cloud.stream import CloudChunk
+from tandem.cloud.stream import CloudChunk, CloudCount
 from tandem.events import GenerationParams, LocalEvent
 from tandem.local.chat import Message
 
@@ -87,6 +87,14 @@ class CloudTier(Protocol):
 
     @property
     def breaker(self) -> CircuitBreaker: ...
+
+    @property
+    def window_tokens(self) -> int | None:
+        """The window the endpoint says it serves, once it has said (None: unknown)."""
+
+    async def count_tokens(self, messages: Sequence[Mapping[str, Any]]) -> CloudCount | None:
+        """The endpoint's own token count of these (cloud-bound) messages, where it offers
+        one."""
 
     def stream_chat(
         self, body: dict[str, Any], on_send: Callable[[bytes, str], None] | None = None

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, aclosing, asynccontextmanager
 from typing import TYPE_CHECKING, Any, cast
 
@@ -30,7 +30,13 @@ from tandem.cloud.errors import (
     CloudErrors,
     canonical_json,
 )
-from tandem.cloud.stream import CloudChunk, CloudCompletion, TokenLogprob, read_chunks
+from tandem.cloud.stream import (
+    CloudChunk,
+    CloudCompletion,
+    CloudCount,
+    TokenLogprob,
+    read_chunks,
+)
 from tandem.errors import CloudError
 from tandem.prompt import endpoint_for, fim_for_llama_cpp
 from tandem.structured import Dialect, for_dialect
@@ -96,6 +102,9 @@ class CloudClient:
         self.healthy: bool | None = None  # None until the first probe or request settles it
         self.rtt_ms: float | None = None
         self.last_error: str | None = None
+        # The window the server says it serves (vLLM lists max_model_len in /models).
+        self.window_tokens: int | None = None
+        self._counts = True  # until the server shows it has no /tokenize
         self._errors = CloudErrors(
             self.base_url, api_key, connect_timeout_s, read_timeout_s, first_token_s
         )
@@ -347,7 +356,37 @@ class CloudClient:
             return False
         self._record_rtt(self._clock() - started)
         self._record_success(probe=True)
+        self.window_tokens = _served_window(response, self.model) or self.window_tokens
         return True
+
+    async def count_tokens(self, messages: Sequence[Mapping[str, Any]]) -> CloudCount | None:
+        """The server's own count of the prompt ``messages`` make (its chat template and
+        tokenizer, the generation prompt included), from vLLM's ``POST /tokenize`` at the
+        server's root; None where the server has none (remembered: it is not asked again) or
+        the call fails. The messages go to the cloud: pass only what may be sent to it."""
+        if not self._counts or not self.base_url.endswith("/v1"):
+            return None
+        url = f"{self.base_url.removesuffix('/v1')}/tokenize"
+        body = {"model": self.model, "messages": list(messages), "add_generation_prompt": True}
+        try:
+            response = await self._http.post(
+                url, json=body, headers=self._headers(), timeout=self._probe_timeout()
+            )
+        except httpx.HTTPError as exc:
+            logger.info("The cloud's token count failed (%s); the local estimate is used", exc)
+            return None
+        if response.status_code in (404, 405):  # not vLLM: no such endpoint
+            self._counts = False
+            return None
+        try:
+            response.raise_for_status()
+            data = response.json()
+            count = CloudCount(int(data["count"]), _positive(data.get("max_model_len")))
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            logger.info("The cloud's token count failed (%s); the local estimate is used", exc)
+            return None
+        self.window_tokens = count.window or self.window_tokens
+        return count
 
     def _saw_chunk(self, waiting: anyio.CancelScope | None = None) -> None:
         """A stream got a chunk: the endpoint is alive, so the other first-token waits (of
@@ -382,6 +421,7 @@ class CloudClient:
         return {
             "url": self.base_url,
             "model": self.model,
+            "window_tokens": self.window_tokens,
             "healthy": self.healthy,
             "available": self.available,
             "rtt_ms": None if self.rtt_ms is None else round(self.rtt_ms, 2),
@@ -453,6 +493,21 @@ class CloudClient:
         if self._api_key is not None:
             headers["Authorization"] = f"Bearer {self._api_key.get_secret_value()}"
         return headers
+
+
+def _positive(value: Any) -> int | None:
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def _served_window(response: httpx.Response, model: str) -> int | None:
+    """``max_model_len`` of ``model`` in a ``/models`` answer, where the server lists it."""
+    try:
+        entries = response.json()["data"]
+        return next(
+            (_positive(e.get("max_model_len")) for e in entries if e.get("id") == model), None
+        )
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def _answers(chunk: CloudChunk) -> bool:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -25,7 +25,7 @@ import anyio
 from tandem.cloud.breaker import CircuitBreaker
 from tandem.cloud.client import CloudClient, OnSend
 from tandem.cloud.errors import FIRST_TOKEN_TIMEOUT
-from tandem.cloud.stream import CloudChunk
+from tandem.cloud.stream import CloudChunk, CloudCount
 from tandem.errors import CloudError
 
 # Failures that say the endpoint itself is down, not that one request went wrong.
@@ -57,6 +57,14 @@ class CloudPool:
     @property
     def available(self) -> bool:
         return any(c.available for c in self.clients)
+
+    @property
+    def window_tokens(self) -> int | None:
+        return self._first_available().window_tokens
+
+    async def count_tokens(self, messages: Sequence[Mapping[str, Any]]) -> CloudCount | None:
+        """The count of the endpoint a request would go to first."""
+        return await self._first_available().count_tokens(messages)
 
     def _first_available(self) -> CloudClient:
         return next((c for c in self.clients if c.available), self.clients[0])

@@ -39,6 +39,15 @@ class CloudChunk:
 
 
 @dataclass(frozen=True)
+class CloudCount:
+    """The cloud's own count of a prompt's tokens (its chat template, its tokenizer), and the
+    window it serves, where it said (vLLM's ``max_model_len``)."""
+
+    tokens: int
+    window: int | None = None
+
+
+@dataclass(frozen=True)
 class CloudCompletion:
     """A whole answer: the collected stream. Token counts are None if the server sent no usage."""
 

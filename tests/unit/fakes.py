@@ -131,6 +131,8 @@ class RecordingCloud:
     def __call__(self, request: httpx.Request) -> httpx.Response:
         if request.url.path.endswith("/models"):
             return httpx.Response(200, json={"data": [{"id": "cloud"}]})
+        if request.url.path == "/tokenize":  # as llama_cpp.server: no such endpoint
+            return httpx.Response(404, json={"detail": "Not Found"})
         self.bodies.append(request.content)
         headers = {"content-type": "text/event-stream"}
         return httpx.Response(200, content=sse_body(self.pieces), headers=headers)

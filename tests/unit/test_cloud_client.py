@@ -383,6 +383,7 @@ def test_health_reports_the_endpoint() -> None:
     assert client.health() == {
         "url": BASE,
         "model": "big-model",
+        "window_tokens": None,  # until the server lists its window
         "healthy": None,
         "available": True,
         "rtt_ms": None,
