@@ -135,6 +135,7 @@ class CloudPool:
         return {
             "available": self.available,
             "model": self.model,
+            "window_tokens": self.window_tokens,
             "first_token_budget_s": round(self.first_token_budget_s(), 3),
             "endpoints": [c.health() for c in self.clients],
         }

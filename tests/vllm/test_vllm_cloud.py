@@ -194,3 +194,30 @@ def test_structured_output_passes_through(client: openai.OpenAI) -> None:
     assert raw.headers["x-tandem-route"] == "cloud"
     person = json.loads(raw.parse().choices[0].message.content)
     assert set(person) == {"name", "age"} and isinstance(person["age"], int)
+
+
+def test_a_session_beyond_vllms_window_is_fitted_to_it(vllm_cloud: VllmCloud) -> None:
+    """cloud_n_ctx says 32768; vLLM serves 4096 and says so in /models: a session's history
+    that outgrows 4096 tokens is trimmed for the cloud, not refused by it."""
+    env = {**vllm_env(vllm_cloud), "TANDEM_CLOUD_N_CTX": "32768"}
+    background = "The garden has tomatoes, basil and a small lemon tree by the wall. " * 150
+    with gateway_server(vllm_cloud.base_url, **env) as server:
+        health = httpx.get(server.url.removesuffix("/v1") + "/healthz").json()
+        assert health["cloud"]["window_tokens"] == vllm_cloud.n_ctx
+        session = {"X-Session-Id": "long-vllm"}
+        for i in range(2):
+            body = {
+                "messages": [{"role": "user", "content": f"{background} Part {i}: plan it."}],
+                "max_tokens": 16,
+                "temperature": 0.0,
+                "tandem": {"route": "cloud"},
+            }
+            r = httpx.post(f"{server.url}/chat/completions", json=body, headers=session,
+                           timeout=300)
+            assert r.status_code == 200, r.text
+            assert r.headers["x-tandem-route"] == "cloud"
+            assert r.headers["x-tandem-reason"] != "cloud_failed"
+        usage = r.json()["usage"]
+        last = httpx.get(f"{server.url}/sessions/long-vllm").json()["messages"][-1]
+    assert last["tier"] == "cloud" and last["context"]["dropped"] > 0
+    assert usage["prompt_tokens"] + 16 <= vllm_cloud.n_ctx
