@@ -54,6 +54,9 @@ RTT_ALPHA = 0.3  # weight of the newest sample in the round-trip-time average
 RTT_MULTIPLE = 8.0  # round trips a healthy endpoint may take before its first token
 PROMPT_BYTES_PER_TOKEN = 4.0  # request-body bytes per prompt token, roughly
 PREFILL_TOKENS_PER_S = 2000.0  # a cautious prefill rate for a cloud server
+# /tokenize answers that mean "not here": no such endpoint (llama_cpp.server), or not for this
+# key (a hosted API). Any other failure is taken as passing.
+_NOT_OFFERED = frozenset({401, 403, 404, 405})
 # A stream that produced a chunk this recently shows the endpoint is up: no probe is needed.
 STREAM_PROOF_S = 5.0
 
@@ -362,8 +365,8 @@ class CloudClient:
     async def count_tokens(self, messages: Sequence[Mapping[str, Any]]) -> CloudCount | None:
         """The server's own count of the prompt ``messages`` make (its chat template and
         tokenizer, the generation prompt included), from vLLM's ``POST /tokenize`` at the
-        server's root; None where the server has none (remembered: it is not asked again) or
-        the call fails. The messages go to the cloud: pass only what may be sent to it."""
+        server's root; None where the server has none or refuses it (remembered: it is not asked
+        again) or the call fails. The messages go to the cloud: pass only what may be sent to it."""
         if not self._counts or not self.base_url.endswith("/v1"):
             return None
         url = f"{self.base_url.removesuffix('/v1')}/tokenize"
@@ -375,7 +378,7 @@ class CloudClient:
         except httpx.HTTPError as exc:
             logger.info("The cloud's token count failed (%s); the local estimate is used", exc)
             return None
-        if response.status_code in (404, 405):  # not vLLM: no such endpoint
+        if response.status_code in _NOT_OFFERED:
             self._counts = False
             return None
         try:

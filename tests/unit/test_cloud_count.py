@@ -60,12 +60,15 @@ def test_the_count_comes_from_the_servers_root_tokenize() -> None:
     assert client.window_tokens == 512
 
 
-def test_a_server_without_tokenize_is_not_asked_again() -> None:
+@pytest.mark.parametrize("status", [404, 401])
+def test_a_server_without_tokenize_is_not_asked_again(status: int) -> None:
     cloud = RecordingCloud()
     asked: list[str] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
         asked.append(request.url.path)
+        if request.url.path == "/tokenize":
+            return httpx.Response(status, json={"error": {"message": "no"}})
         return cloud(request)
 
     client = CloudClient(
