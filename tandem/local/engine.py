@@ -29,18 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tandem.errors import (
-    ContextLengthError,
-    InvalidRequestError,
-    ModelLoadError,
-    OverloadedError,
-    TandemError,
-)
+from tandem.errors import ModelLoadError, OverloadedError, TandemError
 from tandem.events import GenerationParams, LocalEvent
 from tandem.local.batch import Prepared, Scheduler
-from tandem.local.chat import Message, PromptRenderer, RenderedPrompt
-from tandem.local.constrain import Vocabulary
-from tandem.local.fim import fim_prompt, read_fim_tokens
+from tandem.local.chat import Message
 from tandem.local.kvstate import SessionCache
 from tandem.local.logits import LogitReader
 from tandem.local.memory import (
@@ -51,9 +43,8 @@ from tandem.local.memory import (
     plan_memory,
 )
 from tandem.local.model import LoadedModel
-from tandem.local.tokenizer import PromptTokenizer, tokenize
-from tandem.local.toolcalls import call_format, forced_opening
-from tandem.prompt import TextPrompt
+from tandem.local.prompting import PromptBuilder
+from tandem.local.tokenizer import PromptTokenizer
 from tandem.settings import Settings
 from tandem.tiers import EngineState
 
@@ -101,8 +92,7 @@ class LocalEngine:
         self._thread: threading.Thread | None = None
         self._llm: LoadedModel | None = None
         self._scheduler: Scheduler | None = None
-        self._renderer: PromptRenderer | None = None
-        self._vocabulary: Vocabulary | None = None  # for structured output, built on first use
+        self._prompts: PromptBuilder | None = None  # for the loaded model
         self.state = EngineState.COLD
         self.load_time_s: float | None = None
         self.last_error: str | None = None
@@ -403,7 +393,7 @@ class LocalEngine:
         self.last_error = f"the worker thread died ({type(exc).__name__}: {exc})"
         error = self._unavailable()
         self._fail_running(error)
-        self._llm = self._scheduler = self._renderer = self._vocabulary = None
+        self._llm = self._scheduler = self._prompts = None
         with self._lock:
             self._mark_failed()
             while True:  # a stop (None) in the queue means close() is under way: _stopping
@@ -464,16 +454,15 @@ class LocalEngine:
                 kv_type=ggml_kv_type(s.kv_type),
                 flash_attn=needs_flash_attn(s.kv_type),
             )
-            self._renderer = PromptRenderer.for_model(llm.model, self._chat_format)
+            self._prompts = PromptBuilder(llm, self._chat_format, self.model_name)
             reader = LogitReader(llm.ctx, llm.model.vocab, llm.n_vocab)
             self._scheduler = Scheduler(llm, reader, self.sessions)
-            self._vocabulary = Vocabulary(llm.model)
             self._llm = llm
             self._warm_up()
         except Exception as exc:
             if self._llm is not None:
                 self._llm.close()
-            self._llm = self._scheduler = None
+            self._llm = self._scheduler = self._prompts = None
             first = self.last_error != str(exc)
             self.last_error = str(exc)
             with self._lock:
@@ -531,71 +520,13 @@ class LocalEngine:
         self.sessions.clear()
         if self._llm is not None:
             self._llm.close()
-        self._llm = self._scheduler = self._renderer = self._vocabulary = None
+        self._llm = self._scheduler = self._prompts = None
         if self.state == EngineState.READY:
             self.state = EngineState.COLD
 
     def _prepare(self, job: _Job) -> Prepared:
-        """A job's prompt tokens, stop strings and output constraint (raises what the request
-        got wrong: too long for the window, tools the template cannot call)."""
-        assert self._llm is not None and self._renderer is not None
-        stops: tuple[str, ...] = ()
-        if job.params.prompt is not None:
-            tokens = self._text_tokens(job.params.prompt, job)
-        else:
-            prompt = self._render(job)
-            tokens, stops = tokenize(self._llm, prompt), prompt.stops
-        if len(tokens) >= self.n_ctx:
-            text = job.params.prompt is not None
-            raise ContextLengthError(
-                f"The prompt is {len(tokens)} tokens; the local context window is "
-                f"{self.n_ctx}. Shorten the {'prompt' if text else 'conversation'} or raise "
-                "TANDEM_N_CTX.",
-                param="prompt" if text else "messages",
-            )
-        constraint = None
-        output = job.params.output
-        if job.params.tools is not None and job.params.tools.callable:
-            output = call_format(job.params.tools)  # a required call, under its tools' schemas
-        if output is not None:
-            assert self._vocabulary is not None
-            constraint = self._vocabulary.constraint(output, job.assistant_prefix)
-        return Prepared(tokens, stops, constraint)
-
-    def _render(self, job: _Job) -> RenderedPrompt:
-        """A chat job's prompt; with tools, the template lists them, and a required call's
-        opening is written already."""
-        assert self._renderer is not None
-        tools = job.params.tools
-        if tools is None or not tools.callable:
-            return self._renderer.render(job.messages, job.assistant_prefix)
-        if not self._renderer.calls_tools:
-            raise InvalidRequestError(
-                f"The local model ({self.model_name}) has no tools in its chat template, so it "
-                "cannot call them; route the request to the cloud or drop 'tools'.",
-                param="tools",
-            )
-        opening = forced_opening(tools) + job.assistant_prefix
-        return self._renderer.render(job.messages, opening, [dict(s) for s in tools.specs])
-
-    def _text_tokens(self, prompt: TextPrompt, job: _Job) -> list[int]:
-        """A text prompt's tokens: as written (no chat template), or as a FIM prompt cut to
-        leave room for the answer."""
-        if prompt.suffix is None:
-            text = RenderedPrompt(prompt.prefix + job.assistant_prefix, True, ())
-            return tokenize(self._llm, text)
-        assert self._llm is not None
-        ids = read_fim_tokens(self._llm.model)
-        if ids is None:
-            raise InvalidRequestError(
-                f"The local model ({self.model_name}) has no fill-in-the-middle tokens, so it "
-                "cannot complete between a prefix and a suffix. Send the request without "
-                "'suffix', or to a FIM-capable cloud (TANDEM_CLOUD_FIM).",
-                param="suffix",
-                code="fim_unsupported",
-            )
-        room = self.n_ctx - min(job.params.max_tokens, self.n_ctx // 4)
-        return fim_prompt(self._llm.model, ids, prompt, room, job.assistant_prefix).tokens
+        assert self._prompts is not None
+        return self._prompts.prepare(job.messages, job.params, job.assistant_prefix)
 
 
 def _lower_priority(increment: int) -> None:
