@@ -24,6 +24,7 @@ import os
 import queue
 import threading
 import time
+import weakref
 from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,6 +80,33 @@ class _Job:
 _WAKE = object()  # a queue item that asks the worker to load the model
 
 
+class _Mailbox:
+    """Events from the worker thread to the streams of one event loop, delivered in bursts.
+
+    ``call_soon_threadsafe`` wakes the loop through its self-pipe on every call (a write, and a
+    read once it wakes). A step of S decoding streams sends S tokens at once, and tokens sent
+    while the loop is busy pile up; here they all travel with the one wake-up already on its way.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._pending: list[tuple[asyncio.Queue[Any], Any]] = []
+
+    def put(self, inbox: asyncio.Queue[Any], item: Any) -> None:
+        with self._lock:
+            self._pending.append((inbox, item))
+            if len(self._pending) > 1:
+                return  # the wake-up for the first is on its way and delivers this one too
+        self._loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for inbox, item in pending:
+            inbox.put_nowait(item)
+
+
 class LocalEngine:
     """A GGUF model behind a worker thread. Thread-safe; ``stream`` is the async primitive."""
 
@@ -104,6 +132,10 @@ class LocalEngine:
         self._held: _Job | None = None  # taken from the queue, waiting for a free slot
         self._stopping = False
         self.plan: MemoryPlan | None = None  # the memory plan of the loaded context
+        # The streams' events to each event loop that streams (a server has one).
+        self._mailboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Mailbox] = (
+            weakref.WeakKeyDictionary()
+        )
 
     @property
     def n_ctx(self) -> int:
@@ -273,9 +305,12 @@ class LocalEngine:
         """Stream a generation; closing the iterator early cancels it."""
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[LocalEvent | BaseException | None] = asyncio.Queue()
+        with self._lock:
+            if (mailbox := self._mailboxes.get(loop)) is None:
+                mailbox = self._mailboxes[loop] = _Mailbox(loop)
 
         def sink(item: LocalEvent | BaseException | None) -> None:
-            loop.call_soon_threadsafe(events.put_nowait, item)
+            mailbox.put(events, item)
 
         cancelled = self.submit(messages, params, sink, assistant_prefix, session)
         try:
