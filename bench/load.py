@@ -21,6 +21,10 @@ Checks, each with the numbers it used:
   so comparing with the 1-client figure would measure its queue, not Tandem's.)
 - ``local_p99_ttft_4_clients``: p99 local TTFT at 4 clients <= 4x the 1-client median local TTFT
   plus a queue allowance of ``queue_size`` x the 1-client median local total time.
+- ``local_only_p99_ttft_4_clients``: with only local requests (1, 4 and 16 clients, the stand-in
+  idle), p99 local TTFT at 4 clients <= 3x the 1-client median: continuous batching admits a
+  request beside the others instead of queueing it. The aggregate local tokens/s at 4 and 16
+  clients over the 1-client figure is reported with it.
 - ``memory_flat`` (with a soak: 4 clients for ``soak_s`` seconds, RSS every 5 s): the median RSS
   of the last minute is at most 5% above that of the first minute (windows of a third of the
   soak when it is shorter than 3 minutes).
@@ -67,6 +71,7 @@ QUESTIONS = [
 # (route, stream) in the order a client cycles through them.
 MIX = [("local", True), ("cloud", True), ("local", False), ("cloud", False)]
 CLOUD_ONLY = [("cloud", True), ("cloud", False)]
+LOCAL_ONLY = [("local", True), ("local", False)]
 CLIENT_TIMEOUT_S = 120.0
 MAX_RETRY_WAIT_S = 1.0
 
@@ -76,6 +81,7 @@ def _conf(quick: bool) -> dict[str, Any]:
         conf = {"levels": [1, 4, 16], "level_s": 15.0, "max_tokens": 16, "soak_s": None}
     else:
         conf = {"levels": [1, 4, 16, 64], "level_s": 40.0, "max_tokens": 32, "soak_s": 600.0}
+    conf["local_only_levels"] = [1, 4, 16]
     return {**conf, "event_loop": loop_conf(quick)}
 
 
@@ -279,7 +285,13 @@ async def _measure(
     levels: dict[int, dict[str, Any]] = {}
     if conf.get("event_loop_only"):
         event_loop = await measure_event_loop(gw.base, conf["event_loop"], console)
-        return {"levels": levels, "cloud_only": {}, "soak": None, "event_loop": event_loop}
+        return {
+            "levels": levels,
+            "cloud_only": {},
+            "local_only": {},
+            "soak": None,
+            "event_loop": event_loop,
+        }
     for clients in conf["levels"]:
         console.print(f"[dim]bench load: {clients} clients for {conf['level_s']:.0f} s…[/dim]")
         level = await _run_level(gw, clients, conf["level_s"], conf["max_tokens"], 0.5)
@@ -295,6 +307,15 @@ async def _measure(
                 gw, n, conf["level_s"], conf["max_tokens"], 0.5, mix=CLOUD_ONLY
             )
             cloud_only[n] = summary(level)
+    # The local route alone: what continuous batching gives several clients of the local model
+    # when the stand-in cloud does not decode beside it on the same cores.
+    local_only: dict[int, dict[str, Any]] = {}
+    for clients in conf["local_only_levels"]:
+        console.print(f"[dim]bench load: local only, {clients} clients…[/dim]")
+        level = await _run_level(
+            gw, clients, conf["level_s"], conf["max_tokens"], 0.5, mix=LOCAL_ONLY
+        )
+        local_only[clients] = summary(level)
     # Sessions with ~2,000-token histories, trimmed to the local window on every turn: the
     # gateway's event-loop lag and /healthz latency while the local model generates.
     event_loop = await measure_event_loop(gw.base, conf["event_loop"], console)
@@ -307,7 +328,13 @@ async def _measure(
             "memory": memory(level["samples"], level["elapsed_s"]),
             "rss_mb": [(round(s["t_s"], 1), s["rss"] / 1e6) for s in level["samples"]],
         }
-    return {"levels": levels, "cloud_only": cloud_only, "soak": soak, "event_loop": event_loop}
+    return {
+        "levels": levels,
+        "cloud_only": cloud_only,
+        "local_only": local_only,
+        "soak": soak,
+        "event_loop": event_loop,
+    }
 
 
 def run_load_bench(
@@ -350,7 +377,7 @@ def run_load_bench(
 def _result(
     settings: Settings, quick: bool, conf: dict[str, Any], measured: dict[str, Any]
 ) -> dict[str, Any]:
-    levels, soak = measured["levels"], measured["soak"]
+    levels, soak, queue_size = measured["levels"], measured["soak"], settings.queue_size
     return {
         "bench": "load",
         "quick": quick,
@@ -364,10 +391,15 @@ def _result(
         "baseline": "the 1-client level, measured in this run",
         "levels": {str(n): s for n, s in levels.items()},
         "cloud_only": {str(n): s for n, s in measured["cloud_only"].items()},
+        "local_only": {str(n): s for n, s in measured["local_only"].items()},
         "soak": soak,
         "event_loop": measured["event_loop"],
         "checks": {
-            **(checks(levels, measured["cloud_only"], soak, settings.queue_size) if levels else {}),
+            **(
+                checks(levels, measured["cloud_only"], measured["local_only"], soak, queue_size)
+                if levels
+                else {}
+            ),
             **loop_checks(measured["event_loop"]),
         },
     }
@@ -409,6 +441,8 @@ def _print(result: dict[str, Any], console: Console) -> None:
         table.add_row(*_row(n, s))
     for n, s in result["cloud_only"].items():
         table.add_row(*_row(f"{n} cloud only", s))
+    for n, s in result["local_only"].items():
+        table.add_row(*_row(f"{n} local only", s))
     if result["soak"] is not None:
         table.add_row(*_row("soak 4", result["soak"]))
     console.print(table)

@@ -7,6 +7,7 @@ import statistics
 from typing import Any
 
 MEMORY_GROWTH_LIMIT = 0.05
+LOCAL_ONLY_TTFT_LIMIT = 3.0  # p99 local TTFT at 4 local-only clients, over the 1-client p50
 
 
 def _pcts_ms(values: list[float]) -> dict[str, float | None]:
@@ -86,6 +87,7 @@ def memory(samples: list[dict[str, Any]], elapsed: float) -> dict[str, Any]:
 def checks(
     levels: dict[int, dict[str, Any]],
     cloud_only: dict[int, dict[str, Any]],
+    local_only: dict[int, dict[str, Any]],
     soak: dict[str, Any] | None,
     queue_size: int,
 ) -> dict[str, Any]:
@@ -97,6 +99,8 @@ def checks(
         "cloud_not_blocked": _cloud_check(levels, cloud_only),
         "local_p99_ttft_4_clients": _local_check(levels, queue_size),
     }
+    if 1 in local_only and 4 in local_only:
+        checks["local_only_p99_ttft_4_clients"] = _local_only_check(local_only)
     if soak is not None:
         checks["memory_flat"] = soak["memory"]
     return checks
@@ -148,6 +152,26 @@ def _local_check(levels: dict[int, dict[str, Any]], queue_size: int) -> dict[str
         "limit_ms": limit,
         "p99_over_single_median": _ratio(p99, ttft1),
         "p99_over_limit": _ratio(p99, limit),
+    }
+
+
+def _local_only_check(levels: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """Local requests only: p99 TTFT at 4 clients within 3x the 1-client median, and the
+    aggregate local tokens/s of each level over the 1-client level."""
+    local = {n: level["routes"]["local"] for n, level in levels.items()}
+    ttft1, p99 = local[1]["ttft_ms"]["p50"], local[4]["ttft_ms"]["p99"]
+    ratio = _ratio(p99, ttft1)
+    return {
+        "passed": ratio is not None and ratio <= LOCAL_ONLY_TTFT_LIMIT,
+        "p99_ttft_ms": p99,
+        "single_client_median_ttft_ms": ttft1,
+        "p99_over_single_median": ratio,
+        "limit": LOCAL_ONLY_TTFT_LIMIT,
+        "tokens_per_s_over_single": {
+            str(n): _ratio(s["tokens_per_s"], local[1]["tokens_per_s"])
+            for n, s in local.items()
+            if n > 1
+        },
     }
 
 
