@@ -36,6 +36,7 @@ from tandem.local.batch import Prepared, Scheduler
 from tandem.local.chat import Message
 from tandem.local.kvstate import SessionCache
 from tandem.local.logits import LogitReader
+from tandem.local.mailbox import Mailbox
 from tandem.local.memory import (
     MemoryPlan,
     check_budget,
@@ -80,33 +81,6 @@ class _Job:
 _WAKE = object()  # a queue item that asks the worker to load the model
 
 
-class _Mailbox:
-    """Events from the worker thread to the streams of one event loop, delivered in bursts.
-
-    ``call_soon_threadsafe`` wakes the loop through its self-pipe on every call (a write, and a
-    read once it wakes). A step of S decoding streams sends S tokens at once, and tokens sent
-    while the loop is busy pile up; here they all travel with the one wake-up already on its way.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop):
-        self._loop = loop
-        self._lock = threading.Lock()
-        self._pending: list[tuple[asyncio.Queue[Any], Any]] = []
-
-    def put(self, inbox: asyncio.Queue[Any], item: Any) -> None:
-        with self._lock:
-            self._pending.append((inbox, item))
-            if len(self._pending) > 1:
-                return  # the wake-up for the first is on its way and delivers this one too
-        self._loop.call_soon_threadsafe(self._deliver)
-
-    def _deliver(self) -> None:
-        with self._lock:
-            pending, self._pending = self._pending, []
-        for inbox, item in pending:
-            inbox.put_nowait(item)
-
-
 class LocalEngine:
     """A GGUF model behind a worker thread. Thread-safe; ``stream`` is the async primitive."""
 
@@ -133,7 +107,7 @@ class LocalEngine:
         self._stopping = False
         self.plan: MemoryPlan | None = None  # the memory plan of the loaded context
         # The streams' events to each event loop that streams (a server has one).
-        self._mailboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Mailbox] = (
+        self._mailboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Mailbox] = (
             weakref.WeakKeyDictionary()
         )
 
@@ -307,7 +281,7 @@ class LocalEngine:
         events: asyncio.Queue[LocalEvent | BaseException | None] = asyncio.Queue()
         with self._lock:
             if (mailbox := self._mailboxes.get(loop)) is None:
-                mailbox = self._mailboxes[loop] = _Mailbox(loop)
+                mailbox = self._mailboxes[loop] = Mailbox(loop)
 
         def sink(item: LocalEvent | BaseException | None) -> None:
             mailbox.put(events, item)

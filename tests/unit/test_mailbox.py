@@ -7,7 +7,7 @@ import threading
 import time
 from typing import Any
 
-from tandem.local.engine import _Mailbox
+from tandem.local.mailbox import Mailbox
 
 
 def _counting(loop: asyncio.AbstractEventLoop) -> list[int]:
@@ -26,7 +26,7 @@ def test_events_sent_while_the_loop_is_busy_travel_in_one_wake_up_in_order() -> 
     async def main() -> tuple[list[Any], list[Any], int]:
         loop = asyncio.get_running_loop()
         calls = _counting(loop)
-        mailbox = _Mailbox(loop)
+        mailbox = Mailbox(loop)
         a: asyncio.Queue[Any] = asyncio.Queue()
         b: asyncio.Queue[Any] = asyncio.Queue()
 
@@ -54,7 +54,7 @@ def test_an_event_after_a_delivery_wakes_the_loop_again() -> None:
     async def main() -> tuple[list[Any], int]:
         loop = asyncio.get_running_loop()
         calls = _counting(loop)
-        mailbox = _Mailbox(loop)
+        mailbox = Mailbox(loop)
         inbox: asyncio.Queue[Any] = asyncio.Queue()
         got = []
         for i in range(3):  # each sent when the previous one has been delivered
