@@ -5,6 +5,12 @@ its own (one llama.cpp context per process, as in production: two contexts in on
 each other through their OpenMP thread teams), so cold start and peak RSS are its own. Rounds of
 bare → engine → HTTP repeat and the medians are reported, so drift in machine speed hits all
 modes alike. The baseline (bare) is measured in the same run; figures are also ratios to it.
+
+When ``make llama-server`` has built llama.cpp's own server, each round also streams the same
+requests from it (one slot, the gateway's context, threads and batch size, flash attention off
+as the engine runs): what a C++ HTTP server on the same library costs over bare decoding on this
+machine, the anchor for the gateway's own ratio. One streamed token is one write to a socket and
+a wake-up of the client on the same cores, whatever the server is written in.
 """
 
 from __future__ import annotations
@@ -22,8 +28,12 @@ from typing import Any
 
 from rich.console import Console
 
+from bench.parallel import LLAMA_SERVER
 from tandem.local.memory import peak_rss_kib
 from tandem.settings import Settings
+
+# One stream through the HTTP gateway against bare llama-cpp-python decoding of the same model.
+DECODE_TARGET = 0.93
 
 SYSTEM = {"role": "system", "content": "You are a concise assistant."}
 QUESTIONS = [
@@ -257,17 +267,16 @@ def _run_child(mode: str, quick: bool, lib_path: Path | None = None) -> dict[str
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
-class _GatewayProcess:
-    """A real ``tandem serve`` process; its cold start is Popen → first streamed token."""
+class _ServerProcess:
+    """A real HTTP server process (``tandem serve`` or llama-server); its cold start is
+    Popen → first streamed token."""
 
-    def __init__(self, port: int):
+    def __init__(self, port: int, cmd: list[str], env: dict[str, str] | None = None):
         self.url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        self.name = Path(cmd[0]).name if cmd[0] != sys.executable else "tandem serve"
         self.t0 = time.time()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tandem", "serve", "--no-standin", "--port", str(port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env={**os.environ, "TANDEM_KEEP_ALIVE_S": "86400"},
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
         )
 
     def cold_start(self, stream: Stream) -> float:
@@ -279,7 +288,7 @@ class _GatewayProcess:
                 return time.time() - self.t0
             except (httpx.HTTPError, StopIteration):
                 if self.proc.poll() is not None:
-                    raise RuntimeError("the gateway process exited during start-up") from None
+                    raise RuntimeError(f"{self.name} exited during start-up") from None
                 time.sleep(0.02)
 
     def peak_rss_mib(self) -> float:
@@ -293,21 +302,51 @@ class _GatewayProcess:
         self.proc.wait(30)
 
 
-def _http_round(quick: bool, long_tokens: int) -> dict[str, Any]:
+def _gateway_cmd(port: int) -> list[str]:
+    return [sys.executable, "-m", "tandem", "serve", "--no-standin", "--port", str(port)]
+
+
+def _llama_server_cmd(settings: Settings, port: int) -> list[str]:
+    from tandem.catalog import resolve_model
+
+    model, _ = resolve_model(settings.local_model)
+    threads = str(settings.n_threads or os.cpu_count() or 1)
+    # No prompt cache in RAM (--cache-ram 0): like bare llama-cpp-python and the engine, the
+    # server then reuses only the prefix its one slot holds, so the prefill figures compare.
+    return [str(LLAMA_SERVER), "-m", str(model), "--host", "127.0.0.1", "--port", str(port),
+            "-np", "1", "-c", str(settings.n_ctx), "-t", threads, "-tb", threads,
+            "-b", str(settings.n_batch), "--jinja", "-fa", "off", "--cache-ram", "0"]  # fmt: skip
+
+
+def _http_round(
+    mode: str, quick: bool, long_tokens: int, settings: Settings | None = None
+) -> dict[str, Any]:
+    """One round of an HTTP mode: ``http`` (the gateway) or ``llama_server``."""
     import httpx
 
     from tandem.net import free_port
 
-    gateway = _GatewayProcess(free_port())
+    port = free_port()
+    if mode == "llama_server":
+        assert settings is not None
+        server = _ServerProcess(port, _llama_server_cmd(settings, port))
+    else:
+        server = _ServerProcess(
+            port, _gateway_cmd(port), {**os.environ, "TANDEM_KEEP_ALIVE_S": "86400"}
+        )
+    # llama-server closes a kept-alive connection after a few requests without saying so in
+    # its streamed responses: it gets a new connection per request (a loopback connect, well
+    # under a millisecond of its time to first token).
+    limits = httpx.Limits(max_keepalive_connections=0 if mode == "llama_server" else None)
     try:
-        with httpx.Client(timeout=120) as client:
-            stream = _http_stream(client, gateway.url)
-            result: dict[str, Any] = {"cold_start_s": gateway.cold_start(stream)}
-            result.update(_speed({"http": stream}, _conf(quick), long_tokens)["http"])
-        result["peak_rss_mib"] = gateway.peak_rss_mib()
+        with httpx.Client(timeout=120, limits=limits) as client:
+            stream = _http_stream(client, server.url)
+            result: dict[str, Any] = {"cold_start_s": server.cold_start(stream)}
+            result.update(_speed({mode: stream}, _conf(quick), long_tokens)[mode])
+        result["peak_rss_mib"] = server.peak_rss_mib()
         return result
     finally:
-        gateway.stop()
+        server.stop()
 
 
 def _median_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -333,6 +372,13 @@ def run_runtime_bench(
     """
     conf = _conf(quick)
     rounds: dict[str, list[dict[str, Any]]] = {"bare": [], "engine": [], "http": []}
+    http_modes = ["http"]
+    if LLAMA_SERVER.exists():
+        rounds["llama_server"] = []
+        http_modes.append("llama_server")
+    else:
+        console.print(f"[dim]bench runtime: no llama-server at {LLAMA_SERVER} (`make "
+                      "llama-server` builds it): the gateway is measured without its anchor[/dim]")
     if compare_lib is not None:
         rounds["bare_alt"] = []
     for i in range(conf["rounds"]):
@@ -342,9 +388,12 @@ def run_runtime_bench(
         if compare_lib is not None:
             console.print(f"[dim]bench runtime: round {i + 1}, bare on {compare_lib}…[/dim]")
             rounds["bare_alt"].append(_run_child("bare", quick, compare_lib))
-        console.print(f"[dim]bench runtime: round {i + 1}, http…[/dim]")
-        rounds["http"].append(_http_round(quick, rounds["bare"][0]["long_prompt_tokens"]))
+        long_tokens = rounds["bare"][0]["long_prompt_tokens"]
+        for mode in http_modes[:: 1 if i % 2 == 0 else -1]:  # neither always comes first
+            console.print(f"[dim]bench runtime: round {i + 1}, {mode}…[/dim]")
+            rounds[mode].append(_http_round(mode, quick, long_tokens, settings))
     modes = {mode: _median_rounds(r) for mode, r in rounds.items()}
+    ratios = _ratios(rounds)
     result = {
         "model": settings.local_model,
         "n_threads": settings.n_threads or os.cpu_count(),
@@ -352,13 +401,28 @@ def run_runtime_bench(
         "config": conf,
         "compare_lib": None if compare_lib is None else str(compare_lib),
         "modes": modes,
-        "ratios": _ratios(rounds),
+        "ratios": ratios,
+        "checks": _checks(ratios),
         "rounds": rounds,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     _print(result, console)
     return result
+
+
+def _checks(ratios: dict[str, Any]) -> dict[str, Any]:
+    """The gateway's decode target, with llama-server's figure of the same run beside it."""
+    server = ratios.get("llama_server")
+    value = ratios["http"]["decode_vs_bare"]
+    return {
+        "http_decode_vs_bare": {
+            "target": DECODE_TARGET,
+            "value": round(value, 4),
+            "passed": value >= DECODE_TARGET,
+            "llama_server_vs_bare": None if server is None else round(server["decode_vs_bare"], 4),
+        }
+    }
 
 
 def _ratios(rounds: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
@@ -373,13 +437,21 @@ def _ratios(rounds: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         return statistics.median(compare(m[key], b[key]) for m, b in pairs)
 
     ratios: dict[str, Any] = {}
-    for mode in ("engine", "http"):
+    for mode in ("engine", "http", "llama_server"):
+        if mode not in rounds:
+            continue
         ratios[mode] = {
             "decode_vs_bare": paired(mode, "decode_tok_s", operator.truediv),
             "prefill_vs_bare": paired(mode, "prefill_tok_s", operator.truediv),
             "ttft_overhead_ms": paired(mode, "ttft_ms", operator.sub),
             "cold_start_vs_bare": paired(mode, "cold_start_s", operator.truediv),
             "peak_rss_vs_bare": paired(mode, "peak_rss_mib", operator.truediv),
+        }
+    if "llama_server" in rounds:  # the gateway against llama.cpp's own server, round by round
+        pairs = list(zip(rounds["http"], rounds["llama_server"], strict=True))
+        ratios["http_vs_llama_server"] = {
+            "decode": statistics.median(h["decode_tok_s"] / s["decode_tok_s"] for h, s in pairs),
+            "decode_per_round": [round(h["decode_tok_s"] / s["decode_tok_s"], 4) for h, s in pairs],
         }
     if "bare_alt" in rounds:  # the installed build against the other one
         pairs = list(zip(rounds["bare"], rounds["bare_alt"], strict=True))
@@ -412,6 +484,14 @@ def _print(result: dict[str, Any], console: Console) -> None:
         )
     console.print(table)
     console.print_json(data=result["ratios"])
+    check = result["checks"]["http_decode_vs_bare"]
+    verdict = "[green]PASS[/green]" if check["passed"] else "[red]FAIL[/red]"
+    anchor = check["llama_server_vs_bare"]
+    console.print(
+        f"{verdict} one stream through the gateway decodes at {check['value']:.3f}x bare "
+        f"(target {check['target']}x)"
+        + ("" if anchor is None else f"; llama-server in the same rounds: {anchor:.3f}x")
+    )
 
 
 if __name__ == "__main__":
