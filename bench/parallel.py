@@ -15,6 +15,10 @@ S and stream count:
   non-streamed, tokens counted from ``usage``. Same model, same thread count, same chat
   template (each renders the GGUF's own).
 
+Over HTTP the two servers take turns: S = 1 of each, then S = 4 in the order llama-server,
+gateway, gateway, llama-server, so a machine that speeds up or slows down during the run weighs
+on both alike; the gateway-to-llama-server ratio is the mean of each one's two runs.
+
 The baseline is S = 1 at one stream in the same run; every figure is also a ratio to it. A
 Q4_0 variant of the model is made with ``tandem quantize`` (from the Q4_1 file: a requantized
 model, fine for speed, not for quality) so a second quantization kernel is measured too.
@@ -215,48 +219,53 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-def _server_runs(settings: Settings, model: Path, conf: dict[str, Any], workdir: Path,
-                 console: Console) -> list[dict[str, Any]]:
+def _server_run(settings: Settings, model: Path, conf: dict[str, Any], workdir: Path,
+                console: Console, slots: int, flash: str = "off") -> list[dict[str, Any]]:
+    """llama-server with ``slots`` slots: flash attention off as the engine runs (model.py says
+    why), or its default (auto: on for this CPU) for reference."""
     from tandem.net import free_port
 
-    rows = []
     threads = str(settings.n_threads or os.cpu_count() or 1)
-    # Flash attention off, as the engine runs (model.py says why), then llama-server's default
-    # (auto: on for this CPU) at the most slots, for reference.
-    runs = [(slots, "off") for slots in conf["http_slots"]] + [(conf["http_slots"][-1], "auto")]
-    for slots, flash in runs:
-        port = free_port()
-        log = workdir / f"llama-server-{slots}-{flash}.log"
-        cmd = [str(LLAMA_SERVER), "-m", str(model), "--host", "127.0.0.1", "--port", str(port),
-               "-np", str(slots), "-c", str(settings.n_ctx * slots), "--cont-batching",
-               "-t", threads, "-tb", threads, "-b", str(settings.n_batch), "--jinja",
-               "-fa", flash]
-        runtime = "llama-server" if flash == "off" else "llama-server -fa auto"
-        with log.open("wb") as out:
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            _wait_http(f"http://127.0.0.1:{port}/health", proc, log)
-            rows += _http_rows(runtime, f"http://127.0.0.1:{port}", slots, conf, console)
-        finally:
-            _stop(proc)
-    return rows
+    port = free_port()
+    log = workdir / f"llama-server-{slots}-{flash}.log"
+    cmd = [str(LLAMA_SERVER), "-m", str(model), "--host", "127.0.0.1", "--port", str(port),
+           "-np", str(slots), "-c", str(settings.n_ctx * slots), "--cont-batching",
+           "-t", threads, "-tb", threads, "-b", str(settings.n_batch), "--jinja", "-fa", flash]
+    runtime = "llama-server" if flash == "off" else "llama-server -fa auto"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/health", proc, log)
+        return _http_rows(runtime, f"http://127.0.0.1:{port}", slots, conf, console)
+    finally:
+        _stop(proc)
 
 
-def _gateway_runs(settings: Settings, model: Path, conf: dict[str, Any], workdir: Path,
-                  console: Console) -> list[dict[str, Any]]:
+def _gateway_run(settings: Settings, model: Path, conf: dict[str, Any], workdir: Path,
+                 console: Console, slots: int) -> list[dict[str, Any]]:
     from bench.load import _GatewayProcess
 
-    rows = []
     local = settings.model_copy(update={"local_model": str(model)})
-    for slots in conf["http_slots"]:
-        gw = _GatewayProcess(local, None, workdir, n_ctx=settings.n_ctx,
-                             extra_env={"TANDEM_LOCAL_PARALLEL": str(slots)})
-        try:
-            gw.wait_ready()
-            rows += _http_rows("tandem serve", gw.base, slots, conf, console)
-        finally:
-            gw.stop()
-    return rows
+    gw = _GatewayProcess(local, None, workdir, n_ctx=settings.n_ctx,
+                         extra_env={"TANDEM_LOCAL_PARALLEL": str(slots)})
+    try:
+        gw.wait_ready()
+        return _http_rows("tandem serve", gw.base, slots, conf, console)
+    finally:
+        gw.stop()
+
+
+def _http_runs(settings: Settings, model: Path, conf: dict[str, Any], workdir: Path,
+               console: Console) -> list[dict[str, Any]]:
+    """Both servers in turn; at the most slots in the order A B B A (the module says why)."""
+    args = (settings, model, conf, workdir, console)
+    *fewer, most = conf["http_slots"]
+    rows = []
+    for slots in fewer:
+        rows += _server_run(*args, slots) + _gateway_run(*args, slots)
+    rows += _server_run(*args, most) + _gateway_run(*args, most)
+    rows += _gateway_run(*args, most) + _server_run(*args, most)
+    return rows + _server_run(*args, most, flash="auto")
 
 
 # -- the run -------------------------------------------------------------------------------------
@@ -274,28 +283,33 @@ def _find(rows: list[dict[str, Any]], **where: Any) -> dict[str, Any] | None:
     return next((r for r in rows if all(r.get(k) == v for k, v in where.items())), None)
 
 
+def _mean_tokens_per_s(rows: list[dict[str, Any]], **where: Any) -> float | None:
+    """Tokens/s of the rows that match, averaged over their runs (None when there are none)."""
+    runs = [float(r["tokens_per_s"]) for r in rows if all(r.get(k) == v for k, v in where.items())]
+    return sum(runs) / len(runs) if runs else None
+
+
 def _baseline(engine: list[dict[str, Any]]) -> float:
     """Tokens/s of S = 1 at one stream: the mean of its runs."""
-    runs = [float(r["tokens_per_s"]) for r in engine if r["slots"] == 1 and r["streams"] == 1]
-    return sum(runs) / len(runs)
+    base = _mean_tokens_per_s(engine, slots=1, streams=1)
+    assert base is not None, "every run measures S = 1 at one stream"
+    return base
 
 
 def _checks(engine: list[dict[str, Any]], http: list[dict[str, Any]]) -> dict[str, Any]:
     one = _find(engine, slots=1, streams=1)
     four = _find(engine, slots=4, streams=4)
     base = _baseline(engine)
-    server = _find(http, runtime="llama-server", slots=4, streams=4)
-    gateway = _find(http, runtime="tandem serve", slots=4, streams=4)
+    server = _mean_tokens_per_s(http, runtime="llama-server", slots=4, streams=4)
+    gateway = _mean_tokens_per_s(http, runtime="tandem serve", slots=4, streams=4)
     out: dict[str, Any] = {}
     if one and four:
         out["aggregate_4_streams_vs_1"] = round(four["tokens_per_s"] / base, 3)
         out["ttft_p99_4_vs_p50_1"] = round(four["ttft"]["p99_ms"] / one["ttft"]["p50_ms"], 2)
     if server and gateway:
-        out["gateway_vs_llama_server_4_streams"] = round(
-            gateway["tokens_per_s"] / server["tokens_per_s"], 3)
+        out["gateway_vs_llama_server_4_streams"] = round(gateway / server, 3)
     if four and server:
-        out["engine_vs_llama_server_4_streams"] = round(
-            four["tokens_per_s"] / server["tokens_per_s"], 3)
+        out["engine_vs_llama_server_4_streams"] = round(four["tokens_per_s"] / server, 3)
     return out
 
 
@@ -314,8 +328,7 @@ def run_parallel_bench(settings: Settings, model: Path, quick: bool, out: Path,
         for name, path in models.items():
             console.print(f"[bold]{name}[/bold]")
             engine = _engine_runs(settings, path, conf, console)
-            http = _server_runs(settings, path, conf, workdir, console)
-            http += _gateway_runs(settings, path, conf, workdir, console)
+            http = _http_runs(settings, path, conf, workdir, console)
             result["models"][name] = {"engine": engine, "http": http,
                                       "checks": _checks(engine, http)}
     out.parent.mkdir(parents=True, exist_ok=True)
