@@ -318,9 +318,7 @@ def _llama_server_cmd(settings: Settings, port: int) -> list[str]:
             "-b", str(settings.n_batch), "--jinja", "-fa", "off", "--cache-ram", "0"]  # fmt: skip
 
 
-def _http_round(
-    mode: str, quick: bool, long_tokens: int, settings: Settings | None = None
-) -> dict[str, Any]:
+def _http_round(mode: str, quick: bool, long_tokens: int, settings: Settings) -> dict[str, Any]:
     """One round of an HTTP mode: ``http`` (the gateway) or ``llama_server``."""
     import httpx
 
@@ -328,7 +326,6 @@ def _http_round(
 
     port = free_port()
     if mode == "llama_server":
-        assert settings is not None
         server = _ServerProcess(port, _llama_server_cmd(settings, port))
     else:
         server = _ServerProcess(
