@@ -217,3 +217,70 @@ def test_a_batch_row_is_the_last_token_of_each_run() -> None:
     assert list(b.logits[:6]) == [0, 0, 1, 1, 0, 0]
     # Each token's seq_id pointer points at its own entry of the one column.
     assert b.struct.seq_id[4][0] == 2
+
+
+# -- the step: prefill and decode take turns ------------------------------------------------
+
+
+@pytest.fixture
+def steps(monkeypatch: pytest.MonkeyPatch) -> list[dict[int, int]]:
+    """Each decoded batch as {sequence: tokens}; every computed row samples token 7."""
+    decoded: list[dict[int, int]] = []
+
+    def decode(self: Batch, ctx: Any) -> int:
+        seqs = [int(x) for x in self.seq_ids[: self.n]]
+        decoded.append({seq: seqs.count(seq) for seq in dict.fromkeys(seqs)})
+        return 0
+
+    def sample(self: Scheduler, slot: Any, g: Any) -> None:
+        g.n += 1
+        g.next_token = 7
+
+    monkeypatch.setattr(Batch, "decode", decode)
+    monkeypatch.setattr(Scheduler, "_sample", sample)
+    return decoded
+
+
+def test_a_prompt_that_arrives_while_others_decode_gets_a_step_of_its_own(
+    steps: list[dict[int, int]],
+) -> None:
+    s = scheduler(3)
+    a, b = admit(s, [1] * 5), admit(s, [2] * 5)
+    s.step()  # both prompts, together
+    s.step()  # their first decoded tokens
+    c = admit(s, [3] * 10)
+    s.step()
+    s.step()
+    assert steps == [
+        {a.seq: 5, b.seq: 5},
+        {a.seq: 1, b.seq: 1},
+        {c.seq: 10},  # not behind a's and b's next tokens
+        {a.seq: 1, b.seq: 1, c.seq: 1},
+    ]
+
+
+def test_a_long_prompt_is_prefilled_in_chunks_between_the_streams_tokens(
+    steps: list[dict[int, int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(batch_module, "PREFILL_CHUNK", 16)
+    s = scheduler(2)
+    a = admit(s, [1] * 4)
+    s.step()
+    b = admit(s, [2] * 40)
+    for _ in range(6):
+        s.step()
+    assert steps[1:] == [
+        {b.seq: 16}, {a.seq: 1}, {b.seq: 16}, {a.seq: 1}, {b.seq: 8}, {a.seq: 1, b.seq: 1}
+    ]
+
+
+def test_with_no_stream_decoding_a_prompt_fills_the_whole_batch(
+    steps: list[dict[int, int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(batch_module, "PREFILL_CHUNK", 16)
+    s = scheduler(2)  # n_batch 64
+    a = admit(s, [1] * 100)
+    s.step()
+    s.step()
+    s.step()
+    assert steps == [{a.seq: 64}, {a.seq: 36}, {a.seq: 1}]
